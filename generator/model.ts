@@ -235,6 +235,8 @@ export interface CommandSetModel {
   /** The struct and member holding the opcode (RegH2DFis.COMMAND). */
   readonly struct: string;
   readonly member: string;
+  /** Fields every command of the set carries when software builds one (`with FLAGS.C = 1`). */
+  readonly presets: readonly { readonly member: string; readonly field: string | null; readonly value: number }[];
   readonly commands: readonly CommandModel[];
   readonly span: SourceSpan;
 }
@@ -262,6 +264,8 @@ export interface TrapModel {
   readonly access: "read" | "write";
   readonly block: string;
   readonly register: string;
+  /** A trap on one field (`host.GHC.HR`) still traps the register; the field says what matters. */
+  readonly field: string | null;
   readonly role: TrapRole;
   readonly doc: string;
   readonly span: SourceSpan;
@@ -287,9 +291,18 @@ export interface MediatorModel {
   readonly slots: RegisterRef;
   readonly queue: RegisterRef | null;
   readonly commands: { readonly set: string; readonly struct: string; readonly member: string };
+  /** Command header fields: the data direction bit, the command FIS length, the bytes-transferred count. */
+  readonly direction: FieldPath;
+  readonly fisLength: FieldPath;
+  readonly transferred: FieldPath;
+  /** The port's command engine: the start bit and its running indicator (PxCMD.ST / CR). */
+  readonly start: { readonly control: RegisterFieldRef; readonly running: RegisterFieldRef };
+  /** FIS reception: enable bit and running indicator (PxCMD.FRE / FR). */
+  readonly receive: { readonly control: RegisterFieldRef; readonly running: RegisterFieldRef };
   readonly completions: readonly CompletionModel[];
   readonly error: RegisterFieldRef;
-  readonly status: RegisterRef;
+  /** The task-file register's status and error fields (PxTFD.STS, PxTFD.ERR). */
+  readonly status: { readonly status: RegisterFieldRef; readonly error: RegisterFieldRef };
   readonly interrupt: {
     readonly status: RegisterRef;
     readonly enable: RegisterRef;
