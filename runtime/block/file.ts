@@ -1,0 +1,198 @@
+import { constants } from "node:fs";
+import { type FileHandle, open } from "node:fs/promises";
+import { type Clock, trackIo } from "../vmx/clock.ts";
+import { checkSectorCount, checkSectorData, closedError } from "./guards.ts";
+import { type BlockBackend, BlockError, checkRange, SECTOR_SIZE } from "./types.ts";
+
+export interface FileBackendOptions {
+  /** Open read-write; otherwise writes are rejected. */
+  writable: boolean;
+  /** Create the file if missing (needs writable). */
+  create?: boolean;
+  /**
+   * Device size. A smaller file is grown (sparse) when `create` is set and is an error
+   * otherwise; a larger file exposes only its first `sectors` sectors. Required for block
+   * devices, whose stat size is 0.
+   */
+  sectors?: number;
+  /** On a virtual clock, file I/O is tracked so simulated time does not run ahead of it. */
+  clock?: Clock;
+}
+
+/** A disk image file (or block device) accessed with positional reads and writes. */
+export class FileBackend implements BlockBackend {
+  readonly description: string;
+  readonly #handle: FileHandle;
+  readonly #inFlight = new Set<Promise<unknown>>();
+  #closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly path: string,
+    handle: FileHandle,
+    readonly sectors: number,
+    readonly writable: boolean,
+    readonly clock: Clock | undefined,
+  ) {
+    this.#handle = handle;
+    this.description = `file ${path}`;
+  }
+
+  static async open(path: string, options: FileBackendOptions): Promise<FileBackend> {
+    const { writable, create = false } = options;
+    if (create && !writable) throw new BlockError(`file ${path}: create requires writable`, "config");
+    if (options.sectors !== undefined) checkSectorCount(`file ${path}`, options.sectors);
+    let flags = writable ? constants.O_RDWR : constants.O_RDONLY;
+    if (create) flags |= constants.O_CREAT;
+    let handle: FileHandle;
+    try {
+      handle = await trackIo(options.clock, open(path, flags, 0o644));
+    } catch (error) {
+      throw openError(path, writable, error);
+    }
+    try {
+      const sectors = await trackIo(options.clock, sizeDevice(path, handle, options));
+      return new FileBackend(path, handle, sectors, writable, options.clock);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
+  async read(lba: number, count: number): Promise<Uint8Array> {
+    this.#checkOpen();
+    checkRange(this.description, this.sectors, lba, count);
+    const buffer = new Uint8Array(count * SECTOR_SIZE);
+    await this.#run(this.#readFully(buffer, lba * SECTOR_SIZE));
+    return buffer;
+  }
+
+  async write(lba: number, data: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    if (!this.writable) throw new BlockError(`${this.description}: opened read-only`, "config");
+    const count = checkSectorData(this.description, data);
+    checkRange(this.description, this.sectors, lba, count);
+    await this.#run(this.#writeFully(data, lba * SECTOR_SIZE));
+  }
+
+  async flush(): Promise<void> {
+    this.#checkOpen();
+    if (!this.writable) return;
+    await this.#run(
+      this.#handle.datasync().catch((error: unknown) => {
+        throw ioError(this.description, "flush", error);
+      }),
+    );
+  }
+
+  /** Waits for in-flight requests (so none sees a closed handle mid-loop), then closes. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await Promise.allSettled([...this.#inFlight]);
+      await this.#handle.close();
+    })();
+    return this.#closing;
+  }
+
+  async #readFully(buffer: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    while (done < buffer.length) {
+      let bytesRead: number;
+      try {
+        ({ bytesRead } = await this.#handle.read(buffer, done, buffer.length - done, position + done));
+      } catch (error) {
+        throw ioError(this.description, `read at byte ${position + done}`, error);
+      }
+      if (bytesRead === 0) {
+        const at = position + done;
+        throw new BlockError(
+          `${this.description}: short read: file ends at byte ${at} (sector ${Math.floor(at / SECTOR_SIZE)}) ` +
+            `but the device has ${this.sectors} sectors; was the file truncated?`,
+          "short-read",
+        );
+      }
+      done += bytesRead;
+    }
+  }
+
+  async #writeFully(data: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      let bytesWritten: number;
+      try {
+        ({ bytesWritten } = await this.#handle.write(data, done, data.length - done, position + done));
+      } catch (error) {
+        throw ioError(this.description, `write at byte ${position + done}`, error);
+      }
+      if (bytesWritten === 0) throw new BlockError(`${this.description}: write made no progress`, "io");
+      done += bytesWritten;
+    }
+  }
+
+  async #run<T>(operation: Promise<T>): Promise<T> {
+    this.#inFlight.add(operation);
+    try {
+      return await trackIo(this.clock, operation);
+    } finally {
+      this.#inFlight.delete(operation);
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closing !== undefined) throw closedError(this.description);
+  }
+}
+
+async function sizeDevice(path: string, handle: FileHandle, options: FileBackendOptions): Promise<number> {
+  const stat = await handle.stat();
+  if (stat.isBlockDevice()) {
+    if (options.sectors === undefined) {
+      throw new BlockError(`file ${path}: a block device needs an explicit size in sectors`, "config");
+    }
+    return options.sectors;
+  }
+  if (!stat.isFile()) throw new BlockError(`file ${path}: not a regular file or block device`, "config");
+  if (stat.size % SECTOR_SIZE !== 0) {
+    throw new BlockError(
+      `file ${path}: size ${stat.size} bytes is not a multiple of ${SECTOR_SIZE} (not a disk image?)`,
+      "config",
+    );
+  }
+  const fileSectors = stat.size / SECTOR_SIZE;
+  const wanted = options.sectors;
+  if (wanted === undefined || wanted <= fileSectors) return wanted ?? fileSectors;
+  if (!options.create) {
+    throw new BlockError(
+      `file ${path}: has ${fileSectors} sectors, ${wanted} requested (set create to grow it)`,
+      "config",
+    );
+  }
+  await handle.truncate(wanted * SECTOR_SIZE);
+  return wanted;
+}
+
+function openError(path: string, writable: boolean, error: unknown): BlockError {
+  const code = (error as NodeJS.ErrnoException).code;
+  const mode = writable ? "read-write" : "reading";
+  switch (code) {
+    case "ENOENT":
+      return new BlockError(`file ${path}: no such file`, "config", { cause: error });
+    case "EACCES":
+    case "EPERM":
+      return new BlockError(
+        `file ${path}: permission denied opening for ${mode}${writable ? " (not writable)" : ""}`,
+        "config",
+        { cause: error },
+      );
+    case "EROFS":
+      return new BlockError(`file ${path}: not writable (read-only file system)`, "config", { cause: error });
+    case "EISDIR":
+      return new BlockError(`file ${path}: is a directory`, "config", { cause: error });
+    default:
+      return ioError(`file ${path}`, `open for ${mode}`, error);
+  }
+}
+
+function ioError(description: string, what: string, error: unknown): BlockError {
+  const detail = error instanceof Error ? error.message : String(error);
+  return new BlockError(`${description}: ${what} failed: ${detail}`, "io", { cause: error });
+}
