@@ -94,6 +94,13 @@ export const Complete = keyword("complete");
 export const ErrorKw = keyword("error");
 export const Status = keyword("status");
 export const Interrupt = keyword("interrupt");
+export const With = keyword("with");
+export const Direction = keyword("direction");
+export const FisLength = keyword("fis_length");
+export const Transferred = keyword("transferred");
+export const Start = keyword("start");
+export const Receive = keyword("receive");
+export const Running = keyword("running");
 
 /** All keywords, in the order the lexer tries them (longest first, so `interrupt` before `in`). */
 export const keywords: readonly TokenType[] = [...keywordTokens].sort(

@@ -16,19 +16,22 @@
  *   fieldDecl   := NAME '[' NUMBER (':' NUMBER)? ']' (flag | 'enum' NAME)* ('=' NUMBER)? STRING? ';'
  *   structDecl  := 'struct' NAME ('size' NUMBER)? STRING? '{' (valueDecl | memberDecl)* '}'
  *   memberDecl  := NAME '@' NUMBER memberType ('const' (NUMBER | path))? STRING? ('{' fieldDecl* '}' | ';')
- *   memberType  := 'u8' | 'u16' | 'u32' | 'u64' | 'bytes' NUMBER | NAME ('[' (NUMBER | path) ']')?
+ *   memberType  := 'bytes' NUMBER | NAME ('[' (NUMBER | path) ']')?     (NAME: u8, u16, u32, u64 or a struct)
  *   valueDecl   := 'value' NAME '=' valuePart (':' valuePart)* STRING? ';'
  *   valuePart   := path ('[' NUMBER (':' NUMBER)? ']')?
  *   linkDecl    := 'link' path (':' path)? '->' linkTarget ('align' NUMBER)? STRING? ';'
  *   linkTarget  := 'data' 'length' path ('+' NUMBER)? | NAME
- *   commandsDecl:= 'commands' NAME 'on' path STRING? '{' commandDecl* '}'
+ *   commandsDecl:= 'commands' NAME 'on' path ('with' preset (',' preset)*)? STRING? '{' commandDecl* '}'
+ *   preset      := path '=' NUMBER
  *   commandDecl := NAME '=' NUMBER NAME clause* STRING? ';'
  *   clause      := 'lba' NAME | 'count' NAME ('+' NUMBER)? ('zero' NUMBER)? | 'bytes' NUMBER
  *                | 'dma' | 'pio' | 'queued' | 'tag' NAME
  *   mediatorDecl:= 'mediator' NAME STRING? '{' mediatorItem* '}'
- *   mediatorItem:= 'trap' NAME path NAME STRING? ';' | 'slots' path ';' | 'queue' path ';'
+ *   mediatorItem:= 'trap' NAME path NAME STRING? ';'
+ *                | ('slots' | 'queue' | 'error' | 'direction' | 'fis_length' | 'transferred') path ';'
+ *                | 'status' path 'error' path ';' | ('start' | 'receive') path 'running' path ';'
  *                | 'commands' NAME 'in' path ';' | 'complete' 'queued'? NAME 'at' path 'raise' path ';'
- *                | 'error' path ';' | 'status' path ';' | 'interrupt' path '&' path '->' path 'enable' path ';'
+ *                | 'interrupt' path '&' path '->' path 'enable' path ';'
  *   path        := NAME ('.' NAME)*
  */
 
@@ -307,10 +310,6 @@ export class MedParser extends CstParser {
   memberType = this.RULE("memberType", () => {
     this.OR({
       DEF: [
-        { ALT: () => this.CONSUME(T.U8, { LABEL: "scalar" }) },
-        { ALT: () => this.CONSUME(T.U16, { LABEL: "scalar" }) },
-        { ALT: () => this.CONSUME(T.U32, { LABEL: "scalar" }) },
-        { ALT: () => this.CONSUME(T.U64, { LABEL: "scalar" }) },
         {
           ALT: () => {
             this.CONSUME(T.Bytes);
@@ -318,8 +317,9 @@ export class MedParser extends CstParser {
           },
         },
         {
+          // u8, u16, u32, u64 or a struct name, told apart by the AST builder
           ALT: () => {
-            this.SUBRULE(this.name, { LABEL: "struct" });
+            this.SUBRULE(this.name, { LABEL: "type" });
             this.OPTION(() => {
               this.CONSUME(T.LBracket);
               this.OR2([
@@ -392,16 +392,27 @@ export class MedParser extends CstParser {
     this.CONSUME(T.Semi);
   });
 
-  // commands NAME on Struct.Member "doc" { commands }
+  // commands NAME on Struct.Member with preset, ... "doc" { commands }
   commandsDecl = this.RULE("commandsDecl", () => {
     this.CONSUME(T.Commands);
     this.SUBRULE(this.name);
     this.CONSUME(T.On);
     this.SUBRULE(this.path, { LABEL: "on" });
-    this.OPTION(() => this.SUBRULE(this.doc));
+    this.OPTION(() => {
+      this.CONSUME(T.With);
+      this.AT_LEAST_ONE_SEP({ SEP: T.Comma, DEF: () => this.SUBRULE(this.preset) });
+    });
+    this.OPTION2(() => this.SUBRULE(this.doc));
     this.CONSUME(T.LBrace);
     this.MANY(() => this.SUBRULE(this.commandDecl));
     this.CONSUME(T.RBrace);
+  });
+
+  // MEMBER(.FIELD) = value
+  preset = this.RULE("preset", () => {
+    this.SUBRULE(this.path);
+    this.CONSUME(T.Equals);
+    this.CONSUME(T.NumberLit, { LABEL: "value" });
   });
 
   // NAME = opcode kind clauses "doc";
@@ -471,73 +482,95 @@ export class MedParser extends CstParser {
   mediatorItem = this.RULE("mediatorItem", () => {
     this.OR({
       DEF: [
-        {
-          ALT: () => {
-            this.CONSUME(T.Trap, { LABEL: "keyword" });
-            this.SUBRULE(this.name, { LABEL: "access" });
-            this.SUBRULE(this.path, { LABEL: "target" });
-            this.SUBRULE2(this.name, { LABEL: "role" });
-            this.OPTION(() => this.SUBRULE(this.doc));
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Slots, { LABEL: "keyword" });
-            this.SUBRULE2(this.path, { LABEL: "target" });
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Queue, { LABEL: "keyword" });
-            this.SUBRULE3(this.path, { LABEL: "target" });
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Commands, { LABEL: "keyword" });
-            this.SUBRULE3(this.name, { LABEL: "set" });
-            this.CONSUME(T.In);
-            this.SUBRULE4(this.path, { LABEL: "target" });
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Complete, { LABEL: "keyword" });
-            this.OPTION2(() => this.CONSUME(T.Queued));
-            this.SUBRULE4(this.name, { LABEL: "fis" });
-            this.CONSUME(T.At);
-            this.SUBRULE5(this.path, { LABEL: "target" });
-            this.CONSUME(T.Raise);
-            this.SUBRULE6(this.path, { LABEL: "raise" });
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.ErrorKw, { LABEL: "keyword" });
-            this.SUBRULE7(this.path, { LABEL: "target" });
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Status, { LABEL: "keyword" });
-            this.SUBRULE8(this.path, { LABEL: "target" });
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Interrupt, { LABEL: "keyword" });
-            this.SUBRULE9(this.path, { LABEL: "target" });
-            this.CONSUME(T.Amp);
-            this.SUBRULE(this.path, { LABEL: "enable" });
-            this.CONSUME(T.Arrow);
-            this.SUBRULE2(this.path, { LABEL: "summary" });
-            this.CONSUME(T.Enable);
-            this.SUBRULE3(this.path, { LABEL: "gate" });
-          },
-        },
+        { ALT: () => this.SUBRULE(this.trapItem) },
+        { ALT: () => this.SUBRULE(this.registerItem) },
+        { ALT: () => this.SUBRULE(this.statusItem) },
+        { ALT: () => this.SUBRULE(this.engineItem) },
+        { ALT: () => this.SUBRULE(this.commandsItem) },
+        { ALT: () => this.SUBRULE(this.completeItem) },
+        { ALT: () => this.SUBRULE(this.interruptItem) },
       ],
-      ERR_MSG: "a mediator item (trap, slots, queue, commands, complete, error, status or interrupt)",
+      ERR_MSG:
+        "a mediator item (trap, slots, queue, commands, direction, fis_length, transferred, start, receive, complete, error, status or interrupt)",
     });
+  });
+
+  // trap read|write block.reg role "doc";
+  trapItem = this.RULE("trapItem", () => {
+    this.CONSUME(T.Trap);
+    this.SUBRULE(this.name, { LABEL: "access" });
+    this.SUBRULE(this.path, { LABEL: "target" });
+    this.SUBRULE2(this.name, { LABEL: "role" });
+    this.OPTION(() => this.SUBRULE(this.doc));
+    this.CONSUME(T.Semi);
+  });
+
+  // slots|queue|error|direction|fis_length|transferred path;
+  registerItem = this.RULE("registerItem", () => {
+    this.OR([
+      { ALT: () => this.CONSUME(T.Slots, { LABEL: "keyword" }) },
+      { ALT: () => this.CONSUME(T.Queue, { LABEL: "keyword" }) },
+      { ALT: () => this.CONSUME(T.ErrorKw, { LABEL: "keyword" }) },
+      { ALT: () => this.CONSUME(T.Direction, { LABEL: "keyword" }) },
+      { ALT: () => this.CONSUME(T.FisLength, { LABEL: "keyword" }) },
+      { ALT: () => this.CONSUME(T.Transferred, { LABEL: "keyword" }) },
+    ]);
+    this.SUBRULE(this.path, { LABEL: "target" });
+    this.CONSUME(T.Semi);
+  });
+
+  // status block.reg.field error block.reg.field;
+  statusItem = this.RULE("statusItem", () => {
+    this.CONSUME(T.Status);
+    this.SUBRULE(this.path, { LABEL: "target" });
+    this.CONSUME(T.ErrorKw);
+    this.SUBRULE2(this.path, { LABEL: "error" });
+    this.CONSUME(T.Semi);
+  });
+
+  // start|receive block.reg.field running block.reg.field;
+  engineItem = this.RULE("engineItem", () => {
+    this.OR([
+      { ALT: () => this.CONSUME(T.Start, { LABEL: "keyword" }) },
+      { ALT: () => this.CONSUME(T.Receive, { LABEL: "keyword" }) },
+    ]);
+    this.SUBRULE(this.path, { LABEL: "target" });
+    this.CONSUME(T.Running);
+    this.SUBRULE2(this.path, { LABEL: "running" });
+    this.CONSUME(T.Semi);
+  });
+
+  // commands SET in Struct.Member;
+  commandsItem = this.RULE("commandsItem", () => {
+    this.CONSUME(T.Commands);
+    this.SUBRULE(this.name, { LABEL: "set" });
+    this.CONSUME(T.In);
+    this.SUBRULE(this.path, { LABEL: "target" });
+    this.CONSUME(T.Semi);
+  });
+
+  // complete queued? FIS at Struct.Member raise block.reg.field;
+  completeItem = this.RULE("completeItem", () => {
+    this.CONSUME(T.Complete);
+    this.OPTION(() => this.CONSUME(T.Queued));
+    this.SUBRULE(this.name, { LABEL: "fis" });
+    this.CONSUME(T.At);
+    this.SUBRULE(this.path, { LABEL: "target" });
+    this.CONSUME(T.Raise);
+    this.SUBRULE2(this.path, { LABEL: "raise" });
+    this.CONSUME(T.Semi);
+  });
+
+  // interrupt status & enable -> summary enable gate;
+  interruptItem = this.RULE("interruptItem", () => {
+    this.CONSUME(T.Interrupt);
+    this.SUBRULE(this.path, { LABEL: "status" });
+    this.CONSUME(T.Amp);
+    this.SUBRULE2(this.path, { LABEL: "enable" });
+    this.CONSUME(T.Arrow);
+    this.SUBRULE3(this.path, { LABEL: "summary" });
+    this.CONSUME(T.Enable);
+    this.SUBRULE4(this.path, { LABEL: "gate" });
     this.CONSUME(T.Semi);
   });
 }

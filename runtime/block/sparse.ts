@@ -94,7 +94,11 @@ export class SparseBackend implements BlockBackend {
   }
 
   /** Splits [lba, lba+count) at chunk boundaries: (chunk index, first sector in chunk, sectors, byte offset). */
-  #forEachPiece(lba: number, count: number, visit: (chunk: number, first: number, n: number, at: number) => void) {
+  #forEachPiece(
+    lba: number,
+    count: number,
+    visit: (chunk: number, first: number, n: number, at: number) => void,
+  ) {
     let sector = lba;
     const end = lba + count;
     while (sector < end) {

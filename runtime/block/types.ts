@@ -39,7 +39,13 @@ export class BlockError extends Error {
 
 /** Checks that [lba, lba+count) lies within a device of `sectors` sectors. */
 export function checkRange(description: string, sectors: number, lba: number, count: number): void {
-  if (!Number.isSafeInteger(lba) || !Number.isSafeInteger(count) || lba < 0 || count < 0 || lba + count > sectors) {
+  if (
+    !Number.isSafeInteger(lba) ||
+    !Number.isSafeInteger(count) ||
+    lba < 0 ||
+    count < 0 ||
+    lba + count > sectors
+  ) {
     throw new BlockError(
       `${description}: sectors ${lba}..${lba + count} are outside the device (${sectors} sectors)`,
       "range",

@@ -1,4 +1,45 @@
+import { compileCommand } from "./compile.ts";
+import { CliError } from "./errors.ts";
+
+const USAGE = `medic — the MEDIator Compiler
+
+usage:
+  medic compile SPEC --out DIR [--check] [--emit-model]   compile a device spec to TypeScript
+  medic check SPEC...                                     validate specs, print diagnostics
+  medic start                                             the main job on the embedded default
+  medic help                                              this text
+`;
+
+type Command = (args: string[]) => Promise<number>;
+
+const commands: Record<string, Command> = {
+  compile: (args) => compileCommand(args, "compile"),
+  check: (args) => compileCommand(args, "check"),
+  start: (args) => compileCommand(["spec/ahci.med", "--summary", ...args], "check"),
+  help: async () => {
+    process.stdout.write(USAGE);
+    return 0;
+  },
+};
+
+/** Runs one CLI invocation and returns its exit code; errors become messages, never stack traces. */
 export async function main(argv: string[]): Promise<number> {
-  process.stdout.write(`medic: ${argv.join(" ")}\n`);
-  return 0;
+  const [name, ...rest] = argv;
+  const command = name === undefined ? undefined : commands[name];
+  if (command === undefined) {
+    process.stderr.write(name === undefined ? USAGE : `medic: unknown command '${name}'\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await command(rest);
+  } catch (error) {
+    if (error instanceof CliError) {
+      process.stderr.write(`medic ${name}: ${error.message}\n`);
+      return error.exitCode;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`medic ${name}: internal error: ${message}\n`);
+    if (process.env.MEDIC_DEBUG) process.stderr.write(`${error instanceof Error ? error.stack : ""}\n`);
+    return 70;
+  }
 }

@@ -29,6 +29,11 @@ export function trackIo<T>(clock: Clock | undefined, work: Promise<T>): Promise<
   return work;
 }
 
+/** NaN and negative sleeps mean "just yield", as with setTimeout. */
+function waitFor(ms: number): number {
+  return Number.isNaN(ms) ? 0 : Math.max(ms, 0);
+}
+
 /** Wall-clock time from performance.now(). */
 export class RealClock implements Clock {
   readonly virtual = false;
@@ -44,7 +49,7 @@ export class RealClock implements Clock {
    * (yielding to I/O every turn) instead.
    */
   sleep(ms: number): Promise<void> {
-    const deadline = this.now() + (ms > 0 ? ms : 0);
+    const deadline = this.now() + waitFor(ms);
     return new Promise((resolve) => {
       const check = (): void => {
         const left = deadline - this.now();
@@ -99,7 +104,7 @@ export class VirtualClock implements TrackingClock {
   }
 
   sleep(ms: number): Promise<void> {
-    const delay = ms > 0 ? ms : 0; // NaN and negative sleeps mean "yield", like setTimeout
+    const delay = waitFor(ms);
     if (delay === Number.POSITIVE_INFINITY) {
       return Promise.reject(new RangeError("VirtualClock: an infinite sleep would stall the simulation"));
     }

@@ -1,0 +1,37 @@
+export {
+  type Clock,
+  RealClock,
+  type TrackingClock,
+  trackIo,
+  VirtualClock,
+  type VirtualClockOptions,
+} from "./clock.ts";
+export {
+  type AccessSize,
+  type GuestAccessSize,
+  HANDLED,
+  type InterruptExit,
+  type IrqFilter,
+  IrqLine,
+  type MmioDevice,
+  type MmioExit,
+  type MmioExitHandler,
+  type MmioQualification,
+  MmioRegion,
+  type MmioRegionOptions,
+  type MmioRegionStats,
+  type VmExit,
+  type VmExitReason,
+  VmxError,
+  VmxHost,
+  type VmxHostOptions,
+  type VmxStats,
+} from "./host.ts";
+export {
+  GuestMemory,
+  type GuestMemoryOptions,
+  MemoryError,
+  type MemoryRegion,
+  type MemoryRegionType,
+  type PhysicalMemory,
+} from "./memory.ts";

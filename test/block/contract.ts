@@ -1,0 +1,114 @@
+import fc from "fast-check";
+import { expect, it } from "vitest";
+import { type BlockBackend, BlockError, SECTOR_SIZE } from "../../runtime/block/types.ts";
+
+/** Sector `lba` filled with a byte derived from lba and a tag, so misplaced data shows. */
+export function sectorsOf(lba: number, count: number, tag = 1): Uint8Array {
+  const data = new Uint8Array(count * SECTOR_SIZE);
+  for (let i = 0; i < count; i++) data.fill((lba + i) * 7 + tag, i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE);
+  return data;
+}
+
+export async function expectBlockError(promise: Promise<unknown>, code: BlockError["code"]): Promise<BlockError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(BlockError);
+  expect((error as BlockError).code).toBe(code);
+  return error as BlockError;
+}
+
+/** The behaviour every writable backend shares; `make` returns a fresh, zeroed device of `sectors`. */
+export function backendContract(make: (sectors: number) => Promise<BlockBackend>): void {
+  it("reads back what was written, and zeros elsewhere", async () => {
+    const disk = await make(64);
+    expect(disk.sectors).toBe(64);
+    await disk.write(10, sectorsOf(10, 5));
+    expect(await disk.read(10, 5)).toEqual(sectorsOf(10, 5));
+    expect(await disk.read(0, 10)).toEqual(new Uint8Array(10 * SECTOR_SIZE));
+    const around = await disk.read(9, 7);
+    expect(around.subarray(0, SECTOR_SIZE)).toEqual(new Uint8Array(SECTOR_SIZE));
+    expect(around.subarray(SECTOR_SIZE, 6 * SECTOR_SIZE)).toEqual(sectorsOf(10, 5));
+    expect(around.subarray(6 * SECTOR_SIZE)).toEqual(new Uint8Array(SECTOR_SIZE));
+    await disk.flush();
+    await disk.close();
+  });
+
+  it("returns fresh buffers that do not alias the device", async () => {
+    const disk = await make(4);
+    await disk.write(1, sectorsOf(1, 1));
+    const first = await disk.read(1, 1);
+    first.fill(0xee);
+    expect(await disk.read(1, 1)).toEqual(sectorsOf(1, 1));
+    const source = sectorsOf(2, 1);
+    await disk.write(2, source);
+    source.fill(0xdd);
+    expect(await disk.read(2, 1)).toEqual(sectorsOf(2, 1));
+    await disk.close();
+  });
+
+  it("accepts the last sector and zero-length reads", async () => {
+    const disk = await make(8);
+    await disk.write(7, sectorsOf(7, 1));
+    expect(await disk.read(7, 1)).toEqual(sectorsOf(7, 1));
+    expect((await disk.read(8, 0)).length).toBe(0);
+    await disk.close();
+  });
+
+  it("rejects out-of-range and malformed requests with a range error", async () => {
+    const disk = await make(8);
+    await expectBlockError(disk.read(7, 2), "range");
+    await expectBlockError(disk.read(-1, 1), "range");
+    await expectBlockError(disk.read(0.5, 1), "range");
+    await expectBlockError(disk.read(9, 0), "range");
+    await expectBlockError(disk.write(8, sectorsOf(8, 1)), "range");
+    await expectBlockError(disk.write(0, new Uint8Array(100)), "range");
+    // A rejected write changed nothing.
+    expect(await disk.read(0, 8)).toEqual(new Uint8Array(8 * SECTOR_SIZE));
+    await disk.close();
+  });
+
+  it("rejects use after close with a closed error, and close is idempotent", async () => {
+    const disk = await make(8);
+    await disk.close();
+    await disk.close();
+    await expectBlockError(disk.read(0, 1), "closed");
+    await expectBlockError(disk.write(0, sectorsOf(0, 1)), "closed");
+    await expectBlockError(disk.flush(), "closed");
+  });
+
+  it("behaves like a plain byte array under random writes and reads", async () => {
+    const sectors = 40;
+    const op = fc.record({
+      write: fc.boolean(),
+      lba: fc.nat(sectors - 1),
+      count: fc.integer({ min: 1, max: 12 }),
+      seed: fc.integer({ min: 0, max: 255 }),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { maxLength: 25 }), async (ops) => {
+        const disk = await make(sectors);
+        const model = new Uint8Array(sectors * SECTOR_SIZE);
+        try {
+          for (const { write, lba, seed } of ops) {
+            const count = Math.min(ops.length > 0 ? 12 : 1, sectors - lba, Math.max(1, seed % 13));
+            if (write) {
+              // Zero payloads exercise the "written but all zeros" paths.
+              const data = seed % 5 === 0 ? new Uint8Array(count * SECTOR_SIZE) : sectorsOf(lba, count, seed);
+              await disk.write(lba, data);
+              model.set(data, lba * SECTOR_SIZE);
+            } else {
+              const got = await disk.read(lba, count);
+              expect(got).toEqual(model.slice(lba * SECTOR_SIZE, (lba + count) * SECTOR_SIZE));
+            }
+          }
+          expect(await disk.read(0, sectors)).toEqual(model);
+        } finally {
+          await disk.close();
+        }
+      }),
+      { numRuns: 60 },
+    );
+  });
+}
