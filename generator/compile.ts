@@ -36,7 +36,12 @@ export function compileSpec(source: string, options: CompileOptions): CompileRes
   } catch (error) {
     if (!(error instanceof MediatorSpecError)) throw error;
     const span = model.mediator?.span ?? { line: 1, column: 1, length: 1 };
-    const diagnostic: Diagnostic = { file: options.fileName, ...span, severity: "error", message: error.message };
+    const diagnostic: Diagnostic = {
+      file: options.fileName,
+      ...span,
+      severity: "error",
+      message: error.message,
+    };
     return { files: [], diagnostics: [...diagnostics, diagnostic], model: null };
   }
 }

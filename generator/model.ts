@@ -149,7 +149,11 @@ export interface ScalarMember extends MemberBase {
   /** Bit fields inside the scalar (little-endian value), possibly empty. */
   readonly fields: readonly FieldModel[];
   /** A fixed value the member must hold (FIS type), with the enum member it came from if any. */
-  readonly constant: { readonly value: number; readonly enumName: string | null; readonly member: string | null } | null;
+  readonly constant: {
+    readonly value: number;
+    readonly enumName: string | null;
+    readonly member: string | null;
+  } | null;
 }
 
 export interface BytesMember extends MemberBase {
@@ -236,7 +240,11 @@ export interface CommandSetModel {
   readonly struct: string;
   readonly member: string;
   /** Fields every command of the set carries when software builds one (`with FLAGS.C = 1`). */
-  readonly presets: readonly { readonly member: string; readonly field: string | null; readonly value: number }[];
+  readonly presets: readonly {
+    readonly member: string;
+    readonly field: string | null;
+    readonly value: number;
+  }[];
   readonly commands: readonly CommandModel[];
   readonly span: SourceSpan;
 }
@@ -247,8 +255,11 @@ export interface CommandModel {
   readonly kind: CommandKind;
   /** Name of a member or value of the command struct that holds the LBA. */
   readonly lba: string | null;
-  /** Where the sector count comes from, and what a count of 0 means. */
-  readonly count: { readonly from: string; readonly zeroMeans: number } | null;
+  /**
+   * Where the sector count comes from, and what a count of 0 means. `add` is added to the raw
+   * count (`count NLB + 1`: NVMe's 0-based NLB); the checker always sets it, 0 when not given.
+   */
+  readonly count: { readonly from: string; readonly zeroMeans: number; readonly add?: number } | null;
   /** Fixed transfer length in bytes (IDENTIFY: 512). */
   readonly bytes: number | null;
   readonly transfer: "dma" | "pio" | "none";

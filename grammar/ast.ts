@@ -142,7 +142,12 @@ export type MemberTypeAst =
   /** A scalar written with an array suffix (`u8[4]`): kept so the checker can reject it. */
   | { readonly kind: "scalarArray"; readonly type: ScalarTypeName; readonly span: SourceSpan }
   | { readonly kind: "bytes"; readonly size: NumberLit; readonly span: SourceSpan }
-  | { readonly kind: "struct"; readonly struct: Ident; readonly count: NumberLit | null; readonly span: SourceSpan }
+  | {
+      readonly kind: "struct";
+      readonly struct: Ident;
+      readonly count: NumberLit | null;
+      readonly span: SourceSpan;
+    }
   | { readonly kind: "tail"; readonly struct: Ident; readonly countFrom: PathAst; readonly span: SourceSpan };
 
 export type ConstAst =
@@ -181,7 +186,12 @@ export interface LinkAst {
   readonly high: PathAst | null;
   readonly target:
     | { readonly kind: "struct"; readonly struct: Ident; readonly span: SourceSpan }
-    | { readonly kind: "data"; readonly length: PathAst; readonly add: NumberLit | null; readonly span: SourceSpan };
+    | {
+        readonly kind: "data";
+        readonly length: PathAst;
+        readonly add: NumberLit | null;
+        readonly span: SourceSpan;
+      };
   readonly align: NumberLit | null;
   readonly doc: StringLit | null;
   readonly span: SourceSpan;

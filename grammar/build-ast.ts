@@ -1,7 +1,7 @@
 /**
  * CST → AST: a chevrotain CST visitor that turns the parser's untyped tree into the typed nodes of
- * ast.ts, with a SourceSpan on every node. It also does the lexical checks the token patterns
- * leave open (number syntax and range, string escapes) and reports them as diagnostics.
+ * ast.ts, with a SourceSpan on every node. parseNumber and decodeString do the lexical checks the
+ * token patterns leave open (number syntax and range, string escapes).
  *
  * It is only run on a CST without syntax errors, so every mandatory child is present; a missing
  * one is an internal error (thrown, and turned into a diagnostic by index.ts).
@@ -33,24 +33,28 @@ import type {
   PresetAst,
   RegisterAst,
   ScalarTypeName,
-  SpecAst,
   StringLit,
   StructAst,
   ValueAst,
   ValuePartAst,
 } from "./ast.ts";
-import type { Diagnostic, SourceSpan } from "./diagnostics.ts";
+import type { SourceSpan } from "./diagnostics.ts";
 import { medParser } from "./parser.ts";
 
 type Ctx = Record<string, CstElement[] | undefined>;
 
 export function tokenSpan(token: IToken): SourceSpan {
-  return { line: token.startLine ?? 1, column: token.startColumn ?? 1, length: Math.max(1, token.image.length) };
+  return {
+    line: token.startLine ?? 1,
+    column: token.startColumn ?? 1,
+    length: Math.max(1, token.image.length),
+  };
 }
 
 function nodeSpan(node: CstNode): SourceSpan {
   const loc = node.location;
-  if (!loc || !Number.isFinite(loc.startOffset)) throw new Error(`syntax tree node '${node.name}' has no location`);
+  if (!loc || !Number.isFinite(loc.startOffset))
+    throw new Error(`syntax tree node '${node.name}' has no location`);
   const end = Number.isFinite(loc.endOffset) ? (loc.endOffset as number) : loc.startOffset;
   return {
     line: loc.startLine ?? 1,
@@ -88,41 +92,87 @@ function need<T>(value: T | undefined, what: string): T {
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
+/** The value of a number token, or why it is not a number (`0x1G`, beyond 2^53 - 1). */
+export function parseNumber(text: string): { value: number } | { error: string } {
+  const ok =
+    /^0[xX][0-9a-fA-F]+(?:_[0-9a-fA-F]+)*$/.test(text) ||
+    /^0[bB][01]+(?:_[01]+)*$/.test(text) ||
+    /^[0-9]+(?:_[0-9]+)*$/.test(text);
+  if (!ok) return { error: `invalid number '${text.length > 24 ? `${text.slice(0, 21)}...` : text}'` };
+  const big = BigInt(text.replace(/_/g, ""));
+  if (big > MAX_SAFE)
+    return {
+      error: `number ${text.length > 24 ? `${text.slice(0, 21)}...` : text} is too large (the largest is 2^53 - 1)`,
+    };
+  return { value: Number(big) };
+}
+
+/** The text of a string token (quotes included in `image`), and its invalid escapes. */
+export function decodeString(image: string): {
+  value: string;
+  errors: { offset: number; length: number; message: string }[];
+} {
+  const raw = image.slice(1, -1);
+  const errors: { offset: number; length: number; message: string }[] = [];
+  let value = "";
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!;
+    if (c !== "\\") {
+      value += c;
+      continue;
+    }
+    const at = i + 1; // offset in image
+    const e = raw[i + 1] ?? "";
+    i++;
+    const simple: Record<string, string> = {
+      "\\": "\\",
+      '"': '"',
+      "'": "'",
+      n: "\n",
+      t: "\t",
+      r: "\r",
+      "0": "\0",
+    };
+    if (Object.hasOwn(simple, e)) {
+      value += simple[e];
+    } else if (e === "x") {
+      const hex = raw.slice(i + 1, i + 3);
+      if (/^[0-9a-fA-F]{2}$/.test(hex)) {
+        value += String.fromCharCode(Number.parseInt(hex, 16));
+        i += 2;
+      } else
+        errors.push({
+          offset: at,
+          length: 2 + hex.length,
+          message: "invalid escape: \\x needs two hex digits",
+        });
+    } else {
+      errors.push({
+        offset: at,
+        length: 2,
+        message: `unknown escape '\\${e}' in string (use \\\\, \\", \\n, \\t, \\r, \\0 or \\xHH)`,
+      });
+      value += e;
+    }
+  }
+  return { value, errors };
+}
+
 const BaseVisitor = medParser.getBaseCstVisitorConstructor();
 
 /** One visitor method per grammar rule; `build*` helpers call them with the right node. */
 class AstBuilder extends BaseVisitor {
-  readonly diagnostics: Diagnostic[] = [];
-
-  constructor(private readonly fileName: string) {
+  constructor() {
     super();
     this.validateVisitor();
-  }
-
-  private error(span: SourceSpan, message: string): void {
-    this.diagnostics.push({ file: this.fileName, ...span, severity: "error", message });
   }
 
   // --- leaves ------------------------------------------------------------------------------
 
   private number(token: IToken | undefined, what: string): NumberLit {
     const t = need(token, what);
-    const text = t.image;
-    const span = tokenSpan(t);
-    const ok =
-      /^0[xX][0-9a-fA-F]+(?:_[0-9a-fA-F]+)*$/.test(text) ||
-      /^0[bB][01]+(?:_[01]+)*$/.test(text) ||
-      /^[0-9]+(?:_[0-9]+)*$/.test(text);
-    if (!ok) {
-      this.error(span, `invalid number '${text}'`);
-      return { value: 0, text, span };
-    }
-    const big = BigInt(text.replace(/_/g, ""));
-    if (big > MAX_SAFE) {
-      this.error(span, `number ${text} is too large (the largest is 2^53 - 1)`);
-      return { value: 0, text, span };
-    }
-    return { value: Number(big), text, span };
+    const parsed = parseNumber(t.image);
+    return { value: "value" in parsed ? parsed.value : 0, text: t.image, span: tokenSpan(t) };
   }
 
   private optNumber(token: IToken | undefined, what: string): NumberLit | null {
@@ -132,52 +182,7 @@ class AstBuilder extends BaseVisitor {
   private str(node: CstNode | undefined): StringLit | null {
     if (node === undefined) return null;
     const token = need(tokenOf(node.children, "StringLit"), "string");
-    const span = tokenSpan(token);
-    const raw = token.image.slice(1, -1);
-    let value = "";
-    for (let i = 0; i < raw.length; i++) {
-      const c = raw[i]!;
-      if (c !== "\\") {
-        value += c;
-        continue;
-      }
-      const e = raw[i + 1] ?? "";
-      const at: SourceSpan = { line: span.line, column: span.column + 1 + i, length: 2 };
-      i++;
-      switch (e) {
-        case "\\":
-        case '"':
-        case "'":
-          value += e;
-          break;
-        case "n":
-          value += "\n";
-          break;
-        case "t":
-          value += "\t";
-          break;
-        case "r":
-          value += "\r";
-          break;
-        case "0":
-          value += "\0";
-          break;
-        case "x": {
-          const hex = raw.slice(i + 1, i + 3);
-          if (!/^[0-9a-fA-F]{2}$/.test(hex)) {
-            this.error({ ...at, length: 2 + hex.length }, "invalid escape: \\x needs two hex digits");
-          } else {
-            value += String.fromCharCode(Number.parseInt(hex, 16));
-            i += 2;
-          }
-          break;
-        }
-        default:
-          this.error(at, `unknown escape '\\${e}' in string (use \\\\, \\", \\n, \\t, \\r, \\0 or \\xHH)`);
-          value += e;
-      }
-    }
-    return { value, span };
+    return { value: decodeString(token.image).value, span: tokenSpan(token) };
   }
 
   private ident(node: CstNode | undefined, what: string): Ident {
@@ -210,7 +215,10 @@ class AstBuilder extends BaseVisitor {
       "mediatorDecl",
     ]) {
       for (const node of nodesOf(ctx, key)) {
-        declarations.push({ decl: this.visit(node, node) as DeclarationAst, offset: node.location?.startOffset ?? 0 });
+        declarations.push({
+          decl: this.visit(node, node) as DeclarationAst,
+          offset: node.location?.startOffset ?? 0,
+        });
       }
     }
     return declarations.sort((a, b) => a.offset - b.offset).map((d) => d.decl);
@@ -226,7 +234,9 @@ class AstBuilder extends BaseVisitor {
     const first = need(parts[0], "path");
     const last = parts[parts.length - 1]!;
     const length =
-      last.span.line === first.span.line ? last.span.column + last.span.length - first.span.column : first.span.length;
+      last.span.line === first.span.line
+        ? last.span.column + last.span.length - first.span.column
+        : first.span.length;
     return { parts, span: { line: first.span.line, column: first.span.column, length } };
   }
 
@@ -343,7 +353,7 @@ class AstBuilder extends BaseVisitor {
 
   memberDecl(ctx: Ctx, node: CstNode): MemberAst {
     let constant: ConstAst | null = null;
-    const constToken = tokenOf(ctx, "Const");
+    const constToken = tokenOf(ctx, "Kw_const");
     if (constToken !== undefined) {
       const numberToken = tokenOf(ctx, "constNumber");
       if (numberToken !== undefined) {
@@ -360,7 +370,9 @@ class AstBuilder extends BaseVisitor {
       type: this.memberTypeOf(need(nodeOf(ctx, "memberType"), "member type")),
       constant,
       doc: this.str(nodeOf(ctx, "doc")),
-      fields: tokenOf(ctx, "LBrace") ? nodesOf(ctx, "fieldDecl").map((n) => this.visit(n, n) as FieldAst) : null,
+      fields: tokenOf(ctx, "LBrace")
+        ? nodesOf(ctx, "fieldDecl").map((n) => this.visit(n, n) as FieldAst)
+        : null,
       span: nodeSpan(node),
     };
   }
@@ -375,8 +387,14 @@ class AstBuilder extends BaseVisitor {
       return { kind: bracketed ? "scalarArray" : "scalar", type: type.text as ScalarTypeName, span };
     }
     const countFrom = nodeOf(ctx, "countFrom");
-    if (countFrom !== undefined) return { kind: "tail", struct: type, countFrom: this.pathOf(countFrom, "count"), span };
-    return { kind: "struct", struct: type, count: this.optNumber(tokenOf(ctx, "count"), "array count"), span };
+    if (countFrom !== undefined)
+      return { kind: "tail", struct: type, countFrom: this.pathOf(countFrom, "count"), span };
+    return {
+      kind: "struct",
+      struct: type,
+      count: this.optNumber(tokenOf(ctx, "count"), "array count"),
+      span,
+    };
   }
 
   valueDecl(ctx: Ctx, node: CstNode): ValueAst {
@@ -401,7 +419,7 @@ class AstBuilder extends BaseVisitor {
     let target: LinkAst["target"];
     const lengthNode = nodeOf(ctx, "length");
     if (lengthNode !== undefined) {
-      const data = need(tokenOf(ctx, "Data"), "'data'");
+      const data = need(tokenOf(ctx, "Kw_data"), "'data'");
       const length = this.pathOf(lengthNode, "length");
       const add = this.optNumber(tokenOf(ctx, "lengthAdd"), "length addend");
       const end = add ?? length;
@@ -411,7 +429,10 @@ class AstBuilder extends BaseVisitor {
         add,
         span: {
           ...tokenSpan(data),
-          length: end.span.line === data.startLine ? end.span.column + end.span.length - (data.startColumn ?? 1) : 4,
+          length:
+            end.span.line === data.startLine
+              ? end.span.column + end.span.length - (data.startColumn ?? 1)
+              : 4,
         },
       };
     } else {
@@ -587,13 +608,9 @@ class AstBuilder extends BaseVisitor {
 }
 
 /**
- * Builds the AST of a CST the parser produced without errors. Lexical problems it finds
- * (invalid or too large numbers, unknown string escapes) come back as diagnostics.
+ * Builds the AST of a CST the parser produced without errors. Number and string tokens are
+ * expected to be valid (index.ts checks them with parseNumber and decodeString beforehand).
  */
-export function buildAst(cst: CstNode, fileName: string, text: string): { ast: SpecAst; diagnostics: Diagnostic[] } {
-  const builder = new AstBuilder(fileName);
-  const declarations = builder.visit(cst) as DeclarationAst[];
-  const lines = text.split("\n");
-  const span: SourceSpan = { line: 1, column: 1, length: Math.max(1, lines[0]?.length ?? 1) };
-  return { ast: { declarations, span }, diagnostics: builder.diagnostics };
+export function buildAst(cst: CstNode): DeclarationAst[] {
+  return new AstBuilder().visit(cst, cst) as DeclarationAst[];
 }

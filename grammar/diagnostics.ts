@@ -23,7 +23,10 @@ export interface SourceSpan {
  *     source line
  *     ^^^^
  */
-export function formatDiagnostics(diagnostics: readonly Diagnostic[], sources: ReadonlyMap<string, string>): string {
+export function formatDiagnostics(
+  diagnostics: readonly Diagnostic[],
+  sources: ReadonlyMap<string, string>,
+): string {
   const out: string[] = [];
   for (const d of diagnostics) {
     out.push(`${d.file}:${d.line}:${d.column}: ${d.severity}: ${d.message}`);

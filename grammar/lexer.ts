@@ -205,7 +205,15 @@ export const allTokens: readonly TokenType[] = [
 ];
 
 /** Top-level declaration keywords: where the parser resumes after junk between declarations. */
-export const declarationKeywords: readonly TokenType[] = [Device, Enum, Block, Struct, Link, Commands, Mediator];
+export const declarationKeywords: readonly TokenType[] = [
+  Device,
+  Enum,
+  Block,
+  Struct,
+  Link,
+  Commands,
+  Mediator,
+];
 
 export const medLexer = new Lexer([...allTokens], {
   positionTracking: "full",

@@ -35,7 +35,13 @@
  *   path        := NAME ('.' NAME)*
  */
 
-import { CstParser, type IParserErrorMessageProvider, type IToken, type TokenType, tokenLabel } from "chevrotain";
+import {
+  CstParser,
+  type IParserErrorMessageProvider,
+  type IToken,
+  type TokenType,
+  tokenLabel,
+} from "chevrotain";
 import * as T from "./lexer.ts";
 
 /** How a token is shown in a syntax error: its text, or "end of file". */
@@ -65,12 +71,18 @@ function labelsOf(paths: readonly (readonly TokenType[])[]): string[] {
   return labels;
 }
 
+function junkMessage(token: IToken): string {
+  return `unexpected ${describeToken(token)}: expected a declaration (device, enum, block, struct, link, commands or mediator)`;
+}
+
 const errorMessages: IParserErrorMessageProvider = {
   buildMismatchTokenMessage({ expected, actual }) {
+    // Recovery at the top level reports junk between declarations as a missing end of file.
+    if (expected.name === "EOF") return junkMessage(actual);
     return `expected ${tokenLabel(expected)} but found ${describeToken(actual)}`;
   },
   buildNotAllInputParsedMessage({ firstRedundant }) {
-    return `unexpected ${describeToken(firstRedundant)}: expected a declaration (device, enum, block, struct, link, commands or mediator)`;
+    return junkMessage(firstRedundant);
   },
   buildNoViableAltMessage({ expectedPathsPerAlt, actual, customUserDescription }) {
     const found = describeToken(actual[0]);

@@ -1,6 +1,17 @@
 import { VariableDeclarationKind } from "ts-morph";
 import type { CommandModel, CommandSetModel, DeviceModel, StructModel } from "../model.ts";
-import { constName, docText, finish, type GeneratedFile, hex, memberName, newProject, newSourceFile, str, typeName } from "./common.ts";
+import {
+  constName,
+  docText,
+  finish,
+  type GeneratedFile,
+  hex,
+  memberName,
+  newProject,
+  newSourceFile,
+  str,
+  typeName,
+} from "./common.ts";
 
 /**
  * commands.ts: per command set, the opcode table, a decoder from the command structure (an H2D
@@ -54,7 +65,9 @@ function emitSet(
     ].join("\n| "),
   });
 
-  const cases = commands.map((c) => `case ${hex(c.opcode, 2)}:\nreturn ${decodeLiteral(c, struct, imports)};`);
+  const cases = commands.map(
+    (c) => `case ${hex(c.opcode, 2)}:\nreturn ${decodeLiteral(c, struct, imports)};`,
+  );
   file.addFunction({
     isExported: true,
     name: `decode${T}Command`,
@@ -124,7 +137,8 @@ function emitEncoder(
   const T = typeName(set.name);
   const presets = set.presets.map((p) => {
     const member = struct.members.find((m) => m.name === p.member);
-    const field = p.field && member?.kind === "scalar" ? member.fields.find((f) => f.name === p.field) : undefined;
+    const field =
+      p.field && member?.kind === "scalar" ? member.fields.find((f) => f.name === p.field) : undefined;
     if (!field) return `command.${p.member} = ${hex(p.value, 2)};`;
     return `command.${p.member} = ((command.${p.member} & ~${hex(field.mask, 2)}) | (${hex(p.value, 2)} << ${field.lsb})) >>> 0;`;
   });
@@ -134,7 +148,12 @@ function emitEncoder(
       if (c.lba) lines.push(setterStatement(c.lba, struct, "request.lba ?? 0", imports));
       if (c.count) {
         lines.push(
-          setterStatement(c.count.from, struct, `(request.sectors ?? 0) === ${c.count.zeroMeans} ? 0 : (request.sectors ?? 0)`, imports),
+          setterStatement(
+            c.count.from,
+            struct,
+            `(request.sectors ?? 0) === ${c.count.zeroMeans} ? 0 : (request.sectors ?? 0)`,
+            imports,
+          ),
         );
       }
       if (c.tag) lines.push(setterStatement(c.tag, struct, "request.tag ?? 0", imports));
@@ -150,7 +169,11 @@ function emitEncoder(
     ],
     parameters: [
       { name: "name", type: `${T}CommandName` },
-      { name: "request", type: "{ readonly lba?: number; readonly sectors?: number; readonly tag?: number }", initializer: "{}" },
+      {
+        name: "request",
+        type: "{ readonly lba?: number; readonly sectors?: number; readonly tag?: number }",
+        initializer: "{}",
+      },
     ],
     returnType: struct.name,
     statements: [

@@ -53,7 +53,7 @@ export function constName(...parts: string[]): string {
   return parts
     .map((p) =>
       p
-        .replace(/([a-z0-9])([A-Z])/g, "$1_$2")
+        .replace(/([a-z])([A-Z])/g, "$1_$2")
         .replace(/([A-Z]+)([A-Z][a-z])/g, "$1_$2")
         .toUpperCase(),
     )

@@ -1,5 +1,21 @@
-import type { FieldPath, DeviceModel, LinkModel, MediatorModel, RegisterFieldRef, RegisterRef, StructModel } from "../model.ts";
-import { constName, finish, type GeneratedFile, memberName, newProject, newSourceFile, typeName } from "./common.ts";
+import type {
+  DeviceModel,
+  FieldPath,
+  LinkModel,
+  MediatorModel,
+  RegisterFieldRef,
+  RegisterRef,
+  StructModel,
+} from "../model.ts";
+import {
+  constName,
+  finish,
+  type GeneratedFile,
+  memberName,
+  newProject,
+  newSourceFile,
+  typeName,
+} from "./common.ts";
 
 /** Raised when a spec's mediator section cannot drive the protocol family; the compiler reports it. */
 export class MediatorSpecError extends Error {}
@@ -128,7 +144,9 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     const member = s.members.find((x) => x.name === p.member);
     if (!member || member.kind !== "scalar") fail(`${p.struct}.${p.member} must be a scalar member`);
     if (p.field === null) return { member: p.member, mask: "0xffffffff", shift: "0" };
-    const f = member.fields.find((x) => x.name === p.field) ?? fail(`unknown field ${p.struct}.${p.member}.${p.field}`);
+    const f =
+      member.fields.find((x) => x.name === p.field) ??
+      fail(`unknown field ${p.struct}.${p.member}.${p.field}`);
     const base = `${constName(p.struct)}_${constName(p.member)}_${constName(p.field)}`;
     return { member: p.member, mask: S(base), shift: needShift && f.width > 1 ? S(`${base}_SHIFT`) : "0" };
   };
@@ -137,10 +155,12 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
   const H = constName(m.interrupt.summary.block);
   const header = m.direction.struct;
   const linkTo = (target: string): LinkModel =>
-    model.links.find((l) => l.target.kind === "struct" && l.target.struct === target) ?? fail(`no link points at ${target}`);
+    model.links.find((l) => l.target.kind === "struct" && l.target.struct === target) ??
+    fail(`no link points at ${target}`);
   const list =
-    model.structs.find((s) => s.members.some((x) => x.kind === "struct" && x.struct === header && x.count > 1)) ??
-    fail(`no structure holds an array of ${header}`);
+    model.structs.find((s) =>
+      s.members.some((x) => x.kind === "struct" && x.struct === header && x.count > 1),
+    ) ?? fail(`no structure holds an array of ${header}`);
   const listMember = list.members.find((x) => x.kind === "struct" && x.struct === header)!;
   const listLink = linkTo(list.name);
   const queuedCompletion = m.completions.find((c) => c.queued) ?? fail("a queued completion is required");
@@ -148,26 +168,37 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
   const fisArea = plainCompletion.at.struct;
   const fisLink = linkTo(fisArea);
   const tableLink =
-    model.links.find((l) => l.from.kind === "struct" && l.from.struct === header && l.target.kind === "struct") ??
-    fail(`no link from ${header} to a command table`);
+    model.links.find(
+      (l) => l.from.kind === "struct" && l.from.struct === header && l.target.kind === "struct",
+    ) ?? fail(`no link from ${header} to a command table`);
   if (tableLink.target.kind !== "struct" || tableLink.from.kind !== "struct") fail("bad table link");
   const table = struct(tableLink.target.struct);
   const tail = table.members.find((x) => x.kind === "tail") ?? fail(`${table.name} has no descriptor table`);
   if (tail.kind !== "tail") fail("unreachable");
   const prd = struct(tail.struct);
   const dataLink =
-    model.links.find((l) => l.from.kind === "struct" && l.from.struct === prd.name && l.target.kind === "data") ??
-    fail(`no data link from ${prd.name}`);
+    model.links.find(
+      (l) => l.from.kind === "struct" && l.from.struct === prd.name && l.target.kind === "data",
+    ) ?? fail(`no data link from ${prd.name}`);
   if (dataLink.target.kind !== "data" || dataLink.from.kind !== "struct") fail("bad data link");
-  if (listLink.from.kind !== "register" || fisLink.from.kind !== "register") fail("list links must start at registers");
+  if (listLink.from.kind !== "register" || fisLink.from.kind !== "register")
+    fail("list links must start at registers");
 
-  const set = model.commandSets.find((c) => c.name === m.commands.set) ?? fail(`unknown command set ${m.commands.set}`);
+  const set =
+    model.commandSets.find((c) => c.name === m.commands.set) ?? fail(`unknown command set ${m.commands.set}`);
   const pick = (kind: "read" | "write" | "flush") => {
     const candidates = set.commands.filter(
       (c) => c.kind === kind && !c.queued && (kind === "flush" || c.transfer === "dma"),
     );
-    const best = [...candidates].sort((a, b) => (b.count?.zeroMeans ?? 0) - (a.count?.zeroMeans ?? 0) || a.opcode - b.opcode)[0];
-    return best ?? fail(`the command set has no non-queued ${kind === "flush" ? "" : "DMA "}${kind} command for the mediator's own use`);
+    const best = [...candidates].sort(
+      (a, b) => (b.count?.zeroMeans ?? 0) - (a.count?.zeroMeans ?? 0) || a.opcode - b.opcode,
+    )[0];
+    return (
+      best ??
+      fail(
+        `the command set has no non-queued ${kind === "flush" ? "" : "DMA "}${kind} command for the mediator's own use`,
+      )
+    );
   };
   const ownRead = pick("read");
   const ownWrite = pick("write");
@@ -190,7 +221,8 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
   requireMember(sdb, "ACTIVE");
   const flagI = (s: StructModel) => {
     const flags = requireMember(s, "FLAGS");
-    if (flags.kind !== "scalar" || !flags.fields.some((f) => f.name === "I")) fail(`${s.name}.FLAGS needs a field I`);
+    if (flags.kind !== "scalar" || !flags.fields.some((f) => f.name === "I"))
+      fail(`${s.name}.FLAGS needs a field I`);
     return { member: "FLAGS", mask: S(`${constName(s.name)}_FLAGS_I`) };
   };
   const sdbStatus = requireMember(sdb, "STATUS");
@@ -208,7 +240,11 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     device: typeName(model.name),
     registerImports: [],
     structImports: [],
-    commandImports: [`decode${typeName(set.name)}Command`, `encode${typeName(set.name)}Command`, `type ${typeName(set.name)}Command`],
+    commandImports: [
+      `decode${typeName(set.name)}Command`,
+      `encode${typeName(set.name)}Command`,
+      `type ${typeName(set.name)}Command`,
+    ],
     P,
     H,
     ci: R(regConst(m.slots)),
@@ -216,7 +252,7 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     is: R(regConst(m.interrupt.status)),
     ie: R(regConst(m.interrupt.enable)),
     tfd: R(regConst(m.status.status)),
-    tfdStatus: R(fieldConst(m.status.status)),
+    tfdStatus: fieldConst(m.status.status),
     tfdErrorShift: R(`${fieldConst(m.status.error)}_SHIFT`),
     cmd: R(regConst(m.start.control)),
     st: R(fieldConst(m.start.control)),
@@ -292,16 +328,13 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     sdbInterruptField: flagI(sdb),
     sdbStatusMask,
   };
-  for (const s of [header, table.name, prd.name, fisStruct.name, d2h.name, sdb.name]) {
-    S(`decode${s}`);
-  }
+  for (const s of [header, prd.name, fisStruct.name]) S(`decode${s}`);
   for (const s of [header, prd.name, d2h.name, sdb.name]) S(`encode${s}`);
   S(`empty${d2h.name}`);
   S(`empty${sdb.name}`);
   S(`empty${header}`);
   S(`empty${prd.name}`);
   S(`encode${fisStruct.name}`);
-  S(`type ${fisStruct.name}`);
   R("DEVICE");
   R(`${P}_BASE`);
   R(`${P}_STRIDE`);

@@ -69,7 +69,11 @@ export function emitReference(model: DeviceModel, path: string): GeneratedFile {
                   ? `${m.struct}[${m.count}]`
                   : m.struct
                 : `${m.struct}[${m.countFrom.struct}.${m.countFrom.member}${m.countFrom.field ? `.${m.countFrom.field}` : ""}]`,
-        doc: cell(m.doc) + (m.kind === "scalar" && m.fields.length ? ` — ${m.fields.map((f) => `${f.name} [${bits(f)}]`).join(", ")}` : ""),
+        doc:
+          cell(m.doc) +
+          (m.kind === "scalar" && m.fields.length
+            ? ` — ${m.fields.map((f) => `${f.name} [${bits(f)}]`).join(", ")}`
+            : ""),
       })),
       values: s.values.map((v) => ({
         name: v.name,
@@ -79,7 +83,10 @@ export function emitReference(model: DeviceModel, path: string): GeneratedFile {
       })),
     })),
     links: model.links.map((l) => ({
-      from: l.from.kind === "register" ? `${l.from.block}.${l.from.low}${l.from.high ? `:${l.from.high}` : ""}` : `${l.from.struct}.${l.from.low}${l.from.high ? `:${l.from.high}` : ""}`,
+      from:
+        l.from.kind === "register"
+          ? `${l.from.block}.${l.from.low}${l.from.high ? `:${l.from.high}` : ""}`
+          : `${l.from.struct}.${l.from.low}${l.from.high ? `:${l.from.high}` : ""}`,
       to:
         l.target.kind === "struct"
           ? l.target.struct

@@ -1,6 +1,16 @@
 import { type SourceFile, VariableDeclarationKind } from "ts-morph";
 import type { BlockModel, DeviceModel, FieldModel, RegisterModel } from "../model.ts";
-import { constName, docText, finish, type GeneratedFile, hex, memberName, newProject, newSourceFile, str } from "./common.ts";
+import {
+  constName,
+  docText,
+  finish,
+  type GeneratedFile,
+  hex,
+  memberName,
+  newProject,
+  newSourceFile,
+  str,
+} from "./common.ts";
 
 /**
  * registers.ts: the device identity, enumerations, register offsets, field masks and reset
@@ -61,7 +71,11 @@ function emitBlock(file: SourceFile, block: BlockModel): void {
   const B = constName(block.name);
   const repeated = block.count > 1;
   const constants: [string, string, string][] = [
-    [`${B}_BASE`, hex(block.offset, 3), `${block.doc}: offset of the ${repeated ? "first copy" : "block"} in the window`],
+    [
+      `${B}_BASE`,
+      hex(block.offset, 3),
+      `${block.doc}: offset of the ${repeated ? "first copy" : "block"} in the window`,
+    ],
     [`${B}_SIZE`, hex(block.size, 3), `${block.doc}: bytes per copy`],
   ];
   if (repeated) {
@@ -99,7 +113,8 @@ function emitField(file: SourceFile, R: string, f: FieldModel): void {
     .filter(Boolean)
     .join(", ");
   addConst(file, F, hex(f.mask), `${docText(f.doc)} (${bits}; ${traits})`);
-  if (f.width > 1) addConst(file, `${F}_SHIFT`, String(f.lsb), `${f.name}: position of the field's lowest bit`);
+  if (f.width > 1)
+    addConst(file, `${F}_SHIFT`, String(f.lsb), `${f.name}: position of the field's lowest bit`);
 }
 
 function addConst(file: SourceFile, name: string, initializer: string, doc: string): void {
@@ -154,7 +169,9 @@ function emitTables(file: SourceFile, model: DeviceModel): void {
     isExported: true,
     declarationKind: VariableDeclarationKind.Const,
     docs: ["Every register block of the window, in offset order."],
-    declarations: [{ name: "BLOCKS", type: "readonly BlockInfo[]", initializer: `[\n${blocks.join("\n")}\n]` }],
+    declarations: [
+      { name: "BLOCKS", type: "readonly BlockInfo[]", initializer: `[\n${blocks.join("\n")}\n]` },
+    ],
   });
   file.addVariableStatement({
     isExported: true,
@@ -197,12 +214,46 @@ function emitRegisterFile(file: SourceFile, _model: DeviceModel): void {
       ].join("\n"),
     ],
     properties: [
-      { name: "values", scope: undefined, isReadonly: true, type: "Uint32Array", initializer: "new Uint32Array(WINDOW_SIZE >>> 2)", docs: ["Current value of every dword."] },
-      { name: "resets", isReadonly: true, type: "Uint32Array", initializer: "new Uint32Array(WINDOW_SIZE >>> 2)" },
-      { name: "writable", isReadonly: true, type: "Uint32Array", initializer: "new Uint32Array(WINDOW_SIZE >>> 2)", docs: ["Bits a write replaces (read-write and write-only)."] },
-      { name: "clearOnOne", isReadonly: true, type: "Uint32Array", initializer: "new Uint32Array(WINDOW_SIZE >>> 2)" },
-      { name: "setOnOne", isReadonly: true, type: "Uint32Array", initializer: "new Uint32Array(WINDOW_SIZE >>> 2)" },
-      { name: "readable", isReadonly: true, type: "Uint32Array", initializer: "new Uint32Array(WINDOW_SIZE >>> 2)", docs: ["Bits a read returns (not write-only, not reserved)."] },
+      {
+        name: "values",
+        scope: undefined,
+        isReadonly: true,
+        type: "Uint32Array",
+        initializer: "new Uint32Array(WINDOW_SIZE >>> 2)",
+        docs: ["Current value of every dword."],
+      },
+      {
+        name: "resets",
+        isReadonly: true,
+        type: "Uint32Array",
+        initializer: "new Uint32Array(WINDOW_SIZE >>> 2)",
+      },
+      {
+        name: "writable",
+        isReadonly: true,
+        type: "Uint32Array",
+        initializer: "new Uint32Array(WINDOW_SIZE >>> 2)",
+        docs: ["Bits a write replaces (read-write and write-only)."],
+      },
+      {
+        name: "clearOnOne",
+        isReadonly: true,
+        type: "Uint32Array",
+        initializer: "new Uint32Array(WINDOW_SIZE >>> 2)",
+      },
+      {
+        name: "setOnOne",
+        isReadonly: true,
+        type: "Uint32Array",
+        initializer: "new Uint32Array(WINDOW_SIZE >>> 2)",
+      },
+      {
+        name: "readable",
+        isReadonly: true,
+        type: "Uint32Array",
+        initializer: "new Uint32Array(WINDOW_SIZE >>> 2)",
+        docs: ["Bits a read returns (not write-only, not reserved)."],
+      },
     ].map((p) => ({ ...p, scope: undefined, isReadonly: true })),
     ctors: [
       {
@@ -310,7 +361,8 @@ function emitRegisterFile(file: SourceFile, _model: DeviceModel): void {
           { name: "size", type: "number" },
         ],
         returnType: "void",
-        statements: "const first = offset >>> 2;\nthis.values.set(this.resets.subarray(first, first + (size >>> 2)), first);",
+        statements:
+          "const first = offset >>> 2;\nthis.values.set(this.resets.subarray(first, first + (size >>> 2)), first);",
       },
     ],
   });

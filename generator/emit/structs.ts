@@ -1,6 +1,15 @@
 import { type SourceFile, VariableDeclarationKind } from "ts-morph";
 import type { DeviceModel, MemberModel, ScalarMember, StructModel, ValueModel } from "../model.ts";
-import { constName, docText, finish, type GeneratedFile, hex, memberName, newProject, newSourceFile } from "./common.ts";
+import {
+  constName,
+  docText,
+  finish,
+  type GeneratedFile,
+  hex,
+  memberName,
+  newProject,
+  newSourceFile,
+} from "./common.ts";
 
 /**
  * structs.ts: a codec per in-memory structure and FIS: layout constants, a typed interface,
@@ -9,14 +18,17 @@ import { constName, docText, finish, type GeneratedFile, hex, memberName, newPro
  */
 export function emitStructs(model: DeviceModel, path: string): GeneratedFile {
   const file = newSourceFile(newProject(), path);
-  emitByteHelpers(file);
+  emitByteHelpers(
+    file,
+    model.structs.some((s) => s.members.some((m) => m.kind === "scalar" && m.type === "u64")),
+  );
   const byName = new Map(model.structs.map((s) => [s.name, s]));
   for (const s of model.structs) emitStruct(file, s, byName);
   return finish(file, model.source, path);
 }
 
-function emitByteHelpers(file: SourceFile): void {
-  file.addStatements(`// Little-endian accessors. Plain byte arithmetic: no DataView allocation per field.
+function emitByteHelpers(file: SourceFile, wide: boolean): void {
+  const helpers = `// Little-endian accessors. Plain byte arithmetic: no DataView allocation per field.
 function readU16(b: Uint8Array, o: number): number {
   return b[o]! | (b[o + 1]! << 8);
 }
@@ -44,21 +56,55 @@ function writeU32(b: Uint8Array, o: number, v: number): void {
 function writeU64(b: Uint8Array, o: number, v: bigint): void {
   writeU32(b, o, Number(v & 0xffffffffn));
   writeU32(b, o + 4, Number((v >> 32n) & 0xffffffffn));
-}`);
+}`;
+  // Only the helpers some member uses: the output stays free of dead code.
+  const kept = wide
+    ? helpers
+    : helpers
+        .replace(/\nfunction readU64[\s\S]*?\n}\n/, "\n")
+        .replace(/\n\nfunction writeU64[\s\S]*?\n}$/, "");
+  file.addStatements(kept);
 }
 
 function emitStruct(file: SourceFile, s: StructModel, byName: ReadonlyMap<string, StructModel>): void {
   const S = constName(s.name);
-  addConst(file, `${S}_SIZE`, String(s.size), `${docText(s.doc)}: size in bytes${hasTail(s) ? " of the fixed part" : ""}`);
+  addConst(
+    file,
+    `${S}_SIZE`,
+    String(s.size),
+    `${docText(s.doc)}: size in bytes${hasTail(s) ? " of the fixed part" : ""}`,
+  );
   for (const m of s.members) {
-    addConst(file, `${S}_${constName(m.name)}`, hex(m.offset, 2), `${docText(m.doc || m.name)} (byte offset)`);
+    addConst(
+      file,
+      `${S}_${constName(m.name)}`,
+      hex(m.offset, 2),
+      `${docText(m.doc || m.name)} (byte offset)`,
+    );
     if (m.kind === "scalar") {
       for (const f of m.fields) {
         const bits = f.width === 1 ? `bit ${f.lsb}` : `bits ${f.msb}:${f.lsb}`;
-        addConst(file, `${S}_${constName(m.name)}_${constName(f.name)}`, hex(f.mask), `${docText(f.doc || f.name)} (${bits})`);
-        if (f.width > 1) addConst(file, `${S}_${constName(m.name)}_${constName(f.name)}_SHIFT`, String(f.lsb), `${f.name}: lowest bit`);
+        addConst(
+          file,
+          `${S}_${constName(m.name)}_${constName(f.name)}`,
+          hex(f.mask),
+          `${docText(f.doc || f.name)} (${bits})`,
+        );
+        if (f.width > 1)
+          addConst(
+            file,
+            `${S}_${constName(m.name)}_${constName(f.name)}_SHIFT`,
+            String(f.lsb),
+            `${f.name}: lowest bit`,
+          );
       }
-      if (m.constant) addConst(file, `${S}_${constName(m.name)}_VALUE`, hex(m.constant.value, 2), `the only valid ${m.name} of a ${s.name}`);
+      if (m.constant)
+        addConst(
+          file,
+          `${S}_${constName(m.name)}_VALUE`,
+          hex(m.constant.value, 2),
+          `the only valid ${m.name} of a ${s.name}`,
+        );
     }
   }
 
@@ -86,7 +132,9 @@ function emitStruct(file: SourceFile, s: StructModel, byName: ReadonlyMap<string
   file.addFunction({
     isExported: true,
     name: `encode${s.name}`,
-    docs: [`Writes \`value\` into \`bytes\` at \`offset\` (a new buffer when none is given) and returns the buffer.`],
+    docs: [
+      `Writes \`value\` into \`bytes\` at \`offset\` (a new buffer when none is given) and returns the buffer.`,
+    ],
     parameters: [
       { name: "value", type: s.name },
       { name: "bytes", initializer: `new Uint8Array(${S}_SIZE)` },
@@ -99,7 +147,9 @@ function emitStruct(file: SourceFile, s: StructModel, byName: ReadonlyMap<string
   file.addFunction({
     isExported: true,
     name: `empty${s.name}`,
-    docs: [`A ${s.name} with every member zero${s.members.some((m) => m.kind === "scalar" && m.constant) ? " except its constants" : ""}.`],
+    docs: [
+      `A ${s.name} with every member zero${s.members.some((m) => m.kind === "scalar" && m.constant) ? " except its constants" : ""}.`,
+    ],
     returnType: s.name,
     statements: `return decode${s.name}(${hasConstants(s, byName) ? `encode${s.name}Constants(new Uint8Array(${S}_SIZE))` : `new Uint8Array(${S}_SIZE)`});`,
   });
@@ -131,7 +181,9 @@ function emitConstants(file: SourceFile, s: StructModel, byName: ReadonlyMap<str
     } else if (m.kind === "struct" && hasConstants(byName.get(m.struct)!, byName)) {
       const inner = byName.get(m.struct)!;
       for (let i = 0; i < m.count; i++) {
-        statements.push(`encode${m.struct}Constants(bytes, offset + ${S}_${constName(m.name)}${i ? ` + ${i * inner.size}` : ""});`);
+        statements.push(
+          `encode${m.struct}Constants(bytes, offset + ${S}_${constName(m.name)}${i ? ` + ${i * inner.size}` : ""});`,
+        );
       }
     }
   }
@@ -236,7 +288,9 @@ function emitTail(
   file.addFunction({
     isExported: true,
     name: `${memberName(s.name)}${memberName(member).replace(/^./, (c) => c.toUpperCase())}Offset`,
-    docs: [`Byte offset of entry \`index\` of ${s.name}.${member} (entries of ${size} bytes from ${hex(offset, 2)}).`],
+    docs: [
+      `Byte offset of entry \`index\` of ${s.name}.${member} (entries of ${size} bytes from ${hex(offset, 2)}).`,
+    ],
     parameters: [{ name: "index", type: "number" }],
     returnType: "number",
     statements: `return ${S}_${constName(member)} + index * ${constName(element)}_SIZE;`,
@@ -253,13 +307,18 @@ function emitValue(file: SourceFile, s: StructModel, v: ValueModel): void {
     return { ...p, at };
   });
   const terms = placed.map((p) => {
-    const extract = p.lsb === 0 && p.width >= 8 && p.msb === p.width - 1 ? `value.${p.member}` : `((value.${p.member} >>> ${p.lsb}) & ${hex(2 ** p.width - 1, 2)})`;
+    const extract =
+      p.lsb === 0 && p.width >= 8 && p.msb === p.width - 1
+        ? `value.${p.member}`
+        : `((value.${p.member} >>> ${p.lsb}) & ${hex(2 ** p.width - 1, 2)})`;
     return p.at === 0 ? extract : `${extract} * ${2 ** p.at}`;
   });
   file.addFunction({
     isExported: true,
     name: base,
-    docs: [`${docText(v.doc || v.name)}: ${v.parts.map((p) => `${p.member}[${p.msb}:${p.lsb}]`).join(" : ")} (${v.width} bits).`],
+    docs: [
+      `${docText(v.doc || v.name)}: ${v.parts.map((p) => `${p.member}[${p.msb}:${p.lsb}]`).join(" : ")} (${v.width} bits).`,
+    ],
     parameters: [{ name: "value", type: s.name }],
     returnType: "number",
     statements: `return ${terms.join(" + ")};`,

@@ -1,8 +1,8 @@
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
-import { formatDiagnostics, hasErrors } from "../../grammar/diagnostics.ts";
 import { compileSpec } from "../../generator/compile.ts";
+import { formatDiagnostics, hasErrors } from "../../grammar/diagnostics.ts";
 import { CliError } from "./errors.ts";
 
 /**
@@ -12,7 +12,8 @@ import { CliError } from "./errors.ts";
 export async function compileCommand(args: string[], mode: "compile" | "check"): Promise<number> {
   const { values, positionals } = parseOrThrow(args);
   if (positionals.length === 0) throw new CliError(`${mode}: no spec file given`);
-  if (mode === "compile" && positionals.length !== 1) throw new CliError("compile takes exactly one spec file");
+  if (mode === "compile" && positionals.length !== 1)
+    throw new CliError("compile takes exactly one spec file");
   if (mode === "compile" && !values.out) throw new CliError("compile needs --out DIR");
 
   let failed = false;
@@ -70,7 +71,10 @@ async function readSpec(file: string): Promise<string | null> {
   }
 }
 
-async function staleFiles(out: string, files: readonly { path: string; content: string }[]): Promise<string[]> {
+async function staleFiles(
+  out: string,
+  files: readonly { path: string; content: string }[],
+): Promise<string[]> {
   const stale: string[] = [];
   for (const f of files) {
     const current = await readFile(join(out, f.path), "utf8").catch(() => null);

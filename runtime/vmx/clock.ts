@@ -34,6 +34,8 @@ function waitFor(ms: number): number {
   return Number.isNaN(ms) ? 0 : Math.max(ms, 0);
 }
 
+const MAX_TIMEOUT = 2 ** 31 - 1;
+
 /** Wall-clock time from performance.now(). */
 export class RealClock implements Clock {
   readonly virtual = false;
@@ -53,7 +55,8 @@ export class RealClock implements Clock {
     return new Promise((resolve) => {
       const check = (): void => {
         const left = deadline - this.now();
-        if (left >= 1) setTimeout(check, Math.floor(left));
+        // Clamped: Node turns longer timeouts into 1 ms ones.
+        if (left >= 1) setTimeout(check, Math.min(Math.floor(left), MAX_TIMEOUT));
         else if (left > 0) setImmediate(check);
         else resolve();
       };
@@ -69,7 +72,8 @@ export interface VirtualClockOptions {
   start?: number;
   /**
    * How many consecutive idle setImmediate turns mean "everyone is waiting on the clock"
-   * (default 2: microtasks have drained and one level of setImmediate chaining has run).
+   * (default 2: microtasks have drained, and code woken by a timer may still pass through two
+   * setImmediate hops before it sleeps again without time moving on under it).
    */
   quietTurns?: number;
 }
