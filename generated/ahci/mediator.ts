@@ -971,6 +971,16 @@ export class AhciMediator {
     return command.op === "read" ? { ok: true, data: this.host.memory.read(buffer, bytes) } : { ok: true };
   }
 
+  /** True when no guest command is anywhere: on the device, held, deferred or being completed. */
+  guestIdle(): boolean {
+    for (let port = 0; port < PORT_COUNT; port++) {
+      const shadow = this.ports[port]!;
+      this.sync(port);
+      if (this.guestBusy(shadow) || shadow.deferred !== 0) return false;
+    }
+    return true;
+  }
+
   // ---- de-virtualization ----------------------------------------------------------------------
 
   /**

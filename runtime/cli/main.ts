@@ -1,11 +1,13 @@
 import { compileCommand } from "./compile.ts";
 import { CliError } from "./errors.ts";
+import { replayCommand } from "./replay.ts";
 
 const USAGE = `medic — the MEDIator Compiler
 
 usage:
   medic compile SPEC --out DIR [--check] [--emit-model]   compile a device spec to TypeScript
   medic check SPEC...                                     validate specs, print diagnostics
+  medic replay TRACE... [--mode bare|passthrough|streaming] replay guest traces, check expectations
   medic start                                             the main job on the embedded default
   medic help                                              this text
 `;
@@ -15,6 +17,7 @@ type Command = (args: string[]) => Promise<number>;
 const commands: Record<string, Command> = {
   compile: (args) => compileCommand(args, "compile"),
   check: (args) => compileCommand(args, "check"),
+  replay: replayCommand,
   start: (args) => compileCommand(["spec/ahci.med", "--summary", ...args], "check"),
   help: async () => {
     process.stdout.write(USAGE);
