@@ -1,14 +1,16 @@
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
+import { streamingEnvironment } from "../deploy/streaming-replay.ts";
 import { bareEnvironment, type EnvironmentFactory, passthroughEnvironment, REPLAY_MODES, type ReplayMode } from "../replay/modes.ts";
 import { replayTrace } from "../replay/replay.ts";
 import { parseTrace, TraceError } from "../replay/trace.ts";
 import { CliError } from "./errors.ts";
 
-/** Environments by mode; the streaming one is registered by the deployment engine. */
+/** The environment each mode replays in. */
 export const environments: Partial<Record<ReplayMode, EnvironmentFactory>> = {
   bare: bareEnvironment,
   passthrough: passthroughEnvironment,
+  streaming: streamingEnvironment,
 };
 
 /**

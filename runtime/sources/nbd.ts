@@ -914,19 +914,15 @@ class Connection {
           this.#violation(`NBD_REPLY_TYPE_OFFSET_DATA with length ${length}`);
           return;
         }
-        {
-          this.#beginPrefix(8);
-          return;
-        }
+        this.#beginPrefix(8);
+        return;
       case REPLY_TYPE_OFFSET_HOLE:
         if (length !== 12) {
           this.#violation(`NBD_REPLY_TYPE_OFFSET_HOLE with length ${length} (must be 12)`);
           return;
         }
-        {
-          this.#beginPrefix(12);
-          return;
-        }
+        this.#beginPrefix(12);
+        return;
       case REPLY_TYPE_NONE:
         if (length !== 0) {
           this.#violation(`NBD_REPLY_TYPE_NONE with length ${length}`);
@@ -936,10 +932,8 @@ class Connection {
           this.#violation("NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE");
           return;
         }
-        {
-          this.#chunkDone();
-          return;
-        }
+        this.#chunkDone();
+        return;
       default:
         if ((type & 0x8000) === 0) {
           this.#violation(`unexpected structured reply type ${type}`);
@@ -953,10 +947,8 @@ class Connection {
           this.#violation(`error chunk of ${length} bytes`);
           return;
         }
-        {
-          this.#beginPrefix(length);
-          return;
-        }
+        this.#beginPrefix(length);
+        return;
     }
   }
 

@@ -17,6 +17,8 @@ export interface FakeNbdOptions {
   structured: boolean;
   /** Answers NBD_OPT_GO with this error type (e.g. 2^31+5 TLS required) instead of the export. */
   goError?: number;
+  /** Answer NBD_OPT_INFO / NBD_OPT_GO with NBD_REP_ERR_UNSUP (an old server: NBD_OPT_EXPORT_NAME only). */
+  noGo?: boolean;
   /** Send the oldstyle greeting instead of newstyle. */
   oldstyle?: boolean;
   /** Called for every NBD_CMD_READ; write the reply (or misbehave) with `socket`. */
@@ -106,6 +108,14 @@ export async function startFakeNbd(options: FakeNbdOptions): Promise<FakeNbdServ
           if (option === 8) {
             structured = options.structured;
             optReply(option, structured ? 1 : 0x80000001);
+          } else if ((option === 6 || option === 7) && options.noGo) {
+            optReply(option, 0x80000001);
+          } else if (option === 1) {
+            const reply = Buffer.alloc(10); // the client asked for NO_ZEROES
+            reply.writeBigUInt64BE(BigInt(options.size), 0);
+            reply.writeUInt16BE(1 | 2, 8);
+            socket.write(reply);
+            phase = "transmission";
           } else if (option === 6 || option === 7) {
             if (options.goError !== undefined) {
               optReply(option, options.goError, Buffer.from("fake server says no"));

@@ -302,6 +302,21 @@ describe("NBD protocol violations (a deliberately broken server)", () => {
     await expect(source.read(0, 1)).rejects.toMatchObject({ code: "io", message: /EIO.*disk on fire/ });
   });
 
+  it("falls back to NBD_OPT_EXPORT_NAME when NBD_OPT_GO is not supported", async () => {
+    const server = await startFakeNbd({
+      size: 8192,
+      structured: true,
+      noGo: true,
+      onRead: ({ cookie, offset, length }, socket) =>
+        socket.write(dataChunk(cookie, NBD_REPLY_FLAG_DONE, offset, Buffer.alloc(length, offset / 512))),
+    });
+    cleanups.push(() => server.close());
+    const { source } = await open(server.url);
+    expect(source.info.legacyExportName).toBe(true);
+    expect(source.sectors).toBe(16);
+    expect((await source.read(5, 1)).every((b) => b === 5)).toBe(true);
+  });
+
   it("a server that requires TLS is a clear configuration error", async () => {
     const server = await startFakeNbd({
       size: 4096,

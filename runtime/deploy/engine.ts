@@ -1,0 +1,693 @@
+import { type BlockSource, BlockError, SECTOR_SIZE } from "../block/types.ts";
+import type { Clock } from "../vmx/clock.ts";
+import type { LocalBitmap } from "./bitmap.ts";
+
+/**
+ * The streaming-deployment engine (BMcast's copy-on-read plus background copy), device-agnostic:
+ * it sees guest block requests through a mediator's interpret hook and answers with pass,
+ * redirect (complete from the image) or defer; it copies the rest of the image with the
+ * mediator's own commands (multiplex) while the guest is idle, and de-virtualizes at the end.
+ */
+
+/** The device-neutral view of a guest command that a generated mediator gives its policy. */
+export interface BlockRequest {
+  readonly op: "read" | "write" | "flush" | "other";
+  readonly lba: number;
+  readonly sectors: number;
+  readData(): Uint8Array;
+  writeData(data: Uint8Array): boolean;
+}
+
+export type Decision =
+  | { readonly action: "pass" }
+  | { readonly action: "complete"; readonly result: Promise<void> }
+  | { readonly action: "defer"; readonly until: Promise<Decision> };
+
+/** What the engine needs of a mediated device (a generated mediator fits it). */
+export interface MediatedDevice {
+  setPolicy(policy: {
+    interpret(request: BlockRequest): Decision;
+    completed?(request: BlockRequest, ok: boolean): void;
+    idle?(port: number): void;
+  }): void;
+  issueOwn(
+    port: number,
+    command: { op: "read" | "write" | "flush"; lba: number; sectors: number; data?: Uint8Array },
+    urgent?: boolean,
+  ): Promise<{ ok: boolean; data?: Uint8Array; error?: string }>;
+  bufferBytes(): number;
+}
+
+export interface EngineOptions {
+  readonly device: MediatedDevice;
+  /** The port whose disk is deployed. */
+  readonly port?: number;
+  readonly image: BlockSource;
+  readonly bitmap: LocalBitmap;
+  readonly clock: Clock;
+  /** Background fetches in flight (each of up to `fetchBlocks` blocks). */
+  readonly fetchDepth?: number;
+  /** Consecutive blocks fetched in one request. */
+  readonly fetchBlocks?: number;
+  /** Fetched data waiting to be written locally, at most. */
+  readonly maxCachedBytes?: number;
+  /** Background copy rate limit in bytes per second (Infinity: as fast as the link allows). */
+  readonly backgroundRate?: number;
+  /** Blocks after a guest miss fetched next. */
+  readonly readAhead?: number;
+  /** Local writes between the engine's flushes. */
+  readonly flushEveryBytes?: number;
+  /** Fetch attempts before a block fails. */
+  readonly retries?: number;
+  /** Checks a fetched block (a manifest); false makes the engine refetch, then fail. */
+  readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
+  /** Turns the VMM off; false when not yet safe (the engine tries again). */
+  readonly devirtualize?: () => boolean;
+  readonly onEvent?: (event: EngineEvent) => void;
+}
+
+export type EngineEvent =
+  | { readonly type: "retry"; readonly block: number; readonly attempt: number; readonly error: string }
+  | { readonly type: "error"; readonly error: string }
+  | { readonly type: "complete"; readonly atMs: number }
+  | { readonly type: "devirtualized"; readonly atMs: number };
+
+export interface EngineStats {
+  bytesFetched: number;
+  bytesRedirected: number;
+  bytesBackground: number;
+  bytesWrittenLocal: number;
+  guestReads: number;
+  guestWrites: number;
+  guestFlushes: number;
+  redirectedReads: number;
+  deferredCommands: number;
+  ownWrites: number;
+  ownFlushes: number;
+  fetchRetries: number;
+  completedAtMs: number | null;
+  devirtualizedAtMs: number | null;
+}
+
+const enum State {
+  /** Only on the image server. */
+  Remote = 0,
+  Fetching = 1,
+  /** Fetched, waiting for (or in) the engine's local write. */
+  Cached = 2,
+  /** On the local disk, not yet flushed. */
+  Written = 3,
+  /** Durable and in the persisted bitmap. */
+  Local = 4,
+  /** The guest is writing the whole block: the image no longer matters. */
+  Guest = 5,
+}
+
+interface Waiter {
+  readonly promise: Promise<void>;
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+export class DeploymentEngine {
+  readonly stats: EngineStats = {
+    bytesFetched: 0,
+    bytesRedirected: 0,
+    bytesBackground: 0,
+    bytesWrittenLocal: 0,
+    guestReads: 0,
+    guestWrites: 0,
+    guestFlushes: 0,
+    redirectedReads: 0,
+    deferredCommands: 0,
+    ownWrites: 0,
+    ownFlushes: 0,
+    fetchRetries: 0,
+    completedAtMs: null,
+    devirtualizedAtMs: null,
+  };
+  readonly blockBytes: number;
+  readonly blocks: number;
+  private readonly sectorsPerBlock: number;
+  private readonly state: Uint8Array;
+  private readonly cache = new Map<number, Uint8Array>();
+  private readonly fetching = new Map<number, Promise<Uint8Array>>();
+  private readonly landed = new Map<number, Waiter>();
+  private readonly writtenSeq = new Map<number, number>();
+  private readonly guestWriters = new Map<number, number>();
+  private readonly guestBlocks = new WeakMap<BlockRequest, number[]>();
+  private readonly flushSeqs = new WeakMap<BlockRequest, number>();
+  private urgentQueue: number[] = [];
+  private backgroundQueue: number[] = [];
+  private priority: number[] = [];
+  private cursor = 0;
+  private seq = 0;
+  private inFlightFetches = 0;
+  private writerRunning = false;
+  private bytesSinceFlush = 0;
+  private nextBackgroundAt = 0;
+  private stopped = false;
+  private failure: Error | null = null;
+  private devirtualized = false;
+  /** Resolvers of everyone waiting for the engine's state to change. */
+  private readonly wakers = new Set<() => void>();
+  private readonly o: Required<Omit<EngineOptions, "verifyBlock" | "devirtualize" | "onEvent">> &
+    Pick<EngineOptions, "verifyBlock" | "devirtualize" | "onEvent">;
+
+  constructor(options: EngineOptions) {
+    this.o = {
+      port: 0,
+      fetchDepth: 8,
+      fetchBlocks: 16,
+      maxCachedBytes: 64 * 1024 * 1024,
+      backgroundRate: Number.POSITIVE_INFINITY,
+      readAhead: 16,
+      flushEveryBytes: 64 * 1024 * 1024,
+      retries: 5,
+      ...options,
+    };
+    const { bitmap } = options;
+    this.blockBytes = bitmap.identity.blockBytes;
+    if (this.blockBytes % SECTOR_SIZE !== 0 || this.blockBytes <= 0) {
+      throw new BlockError(`block size ${this.blockBytes} is not a multiple of ${SECTOR_SIZE}`, "config");
+    }
+    this.sectorsPerBlock = this.blockBytes / SECTOR_SIZE;
+    this.blocks = bitmap.blocks;
+    this.state = new Uint8Array(this.blocks);
+    for (let b = 0; b < this.blocks; b++) if (bitmap.has(b)) this.state[b] = State.Local;
+  }
+
+  /** Installs the policy and starts the background copy. */
+  start(): void {
+    this.o.device.setPolicy({
+      interpret: (request) => this.interpret(request),
+      completed: (request, ok) => this.completed(request, ok),
+      idle: () => this.kick(),
+    });
+    if (this.o.bitmap.complete) this.stats.completedAtMs = this.o.clock.now();
+    void this.backgroundLoop();
+  }
+
+  /** Stops background work (the guest's redirected reads still complete). */
+  stop(): void {
+    this.stopped = true;
+    this.kick();
+  }
+
+  get error(): Error | null {
+    return this.failure;
+  }
+
+  get localBytes(): number {
+    return Math.min(this.o.bitmap.localBlocks * this.blockBytes, this.o.image.sectors * SECTOR_SIZE);
+  }
+
+  get totalBytes(): number {
+    return this.o.image.sectors * SECTOR_SIZE;
+  }
+
+  get isDevirtualized(): boolean {
+    return this.devirtualized;
+  }
+
+  /** Resolves when every block is durable locally and the VMM is off (or the engine failed). */
+  async finished(): Promise<void> {
+    while (!this.devirtualized && !this.failure && !this.stopped) await this.changed(50);
+    if (this.failure) throw this.failure;
+  }
+
+  /** The disk as the guest would read it now: local blocks from the disk, others from the image. */
+  async readAsGuest(lba: number, sectors: number, readLocal: (lba: number, sectors: number) => Promise<Uint8Array>): Promise<Uint8Array> {
+    const out = new Uint8Array(sectors * SECTOR_SIZE);
+    for (let at = lba; at < lba + sectors; ) {
+      const block = this.blockOf(at);
+      const end = Math.min(lba + sectors, (block + 1) * this.sectorsPerBlock);
+      const state = block < this.blocks ? this.state[block]! : State.Local;
+      const cached = this.cache.get(block);
+      let data: Uint8Array;
+      if (state === State.Local || state === State.Written || state === State.Guest) data = await readLocal(at, end - at);
+      else if (cached) data = cached.subarray((at - block * this.sectorsPerBlock) * SECTOR_SIZE, (end - block * this.sectorsPerBlock) * SECTOR_SIZE);
+      else data = await this.o.image.read(at, end - at);
+      out.set(data, (at - lba) * SECTOR_SIZE);
+      at = end;
+    }
+    return out;
+  }
+
+  // ---- interpret ------------------------------------------------------------------------------
+
+  private interpret(request: BlockRequest): Decision {
+    switch (request.op) {
+      case "read":
+        this.stats.guestReads++;
+        return this.interpretRead(request);
+      case "write":
+        this.stats.guestWrites++;
+        return this.interpretWrite(request);
+      case "flush":
+        this.stats.guestFlushes++;
+        this.flushSeqs.set(request, this.seq);
+        return { action: "pass" };
+      default:
+        return { action: "pass" };
+    }
+  }
+
+  private interpretRead(request: BlockRequest): Decision {
+    const [first, last] = this.span(request);
+    let onDisk = 0;
+    let fromImage = 0;
+    for (let b = first; b <= last; b++) {
+      const s = this.state[b]!;
+      if (s === State.Local || s === State.Written || s === State.Guest) onDisk++;
+      else fromImage++;
+    }
+    if (fromImage === 0) return { action: "pass" };
+    this.readAhead(last + 1);
+    if (onDisk === 0) {
+      // Redirect: every block comes from the image (or the engine's cache); the local write follows.
+      this.stats.redirectedReads++;
+      return { action: "complete", result: this.redirect(request, first, last) };
+    }
+    // Some blocks are local (perhaps written by the guest): land the rest, then let the device read.
+    this.stats.deferredCommands++;
+    return { action: "defer", until: this.landAll(first, last).then(() => ({ action: "pass" }) as const) };
+  }
+
+  private async redirect(request: BlockRequest, first: number, last: number): Promise<void> {
+    const parts = await Promise.all(this.range(first, last).map((b) => this.imageData(b, true)));
+    const data = new Uint8Array(request.sectors * SECTOR_SIZE);
+    for (let i = 0; i < parts.length; i++) {
+      const blockStart = (first + i) * this.sectorsPerBlock;
+      const from = Math.max(request.lba, blockStart);
+      const to = Math.min(request.lba + request.sectors, blockStart + this.sectorsPerBlock);
+      if (to <= from) continue;
+      data.set(parts[i]!.subarray((from - blockStart) * SECTOR_SIZE, (to - blockStart) * SECTOR_SIZE), (from - request.lba) * SECTOR_SIZE);
+    }
+    if (!request.writeData(data)) throw new Error("aborted", { cause: "aborted" });
+    this.stats.bytesRedirected += data.length;
+  }
+
+  private interpretWrite(request: BlockRequest): Decision {
+    const [first, last] = this.span(request);
+    const waitFor: number[] = [];
+    for (let b = first; b <= last; b++) {
+      const s = this.state[b]!;
+      if (s === State.Fetching || s === State.Cached) waitFor.push(b);
+      else if (s === State.Remote && !this.covers(request, b)) waitFor.push(b);
+    }
+    if (waitFor.length === 0) return this.passWrite(request, first, last);
+    // Image data must land before the guest's data goes over it, never after.
+    this.stats.deferredCommands++;
+    return {
+      action: "defer",
+      until: Promise.all(waitFor.map((b) => this.land(b))).then(() => this.interpretWrite(request)),
+    };
+  }
+
+  private passWrite(request: BlockRequest, first: number, last: number): Decision {
+    const claimed: number[] = [];
+    for (let b = first; b <= last; b++) {
+      const s = this.state[b]!;
+      if ((s === State.Remote || s === State.Guest) && this.covers(request, b)) {
+        this.state[b] = State.Guest;
+        this.guestWriters.set(b, (this.guestWriters.get(b) ?? 0) + 1);
+        claimed.push(b);
+      }
+    }
+    if (claimed.length > 0) this.guestBlocks.set(request, claimed);
+    return { action: "pass" };
+  }
+
+  private completed(request: BlockRequest, ok: boolean): void {
+    if (request.op === "write") {
+      for (const b of this.guestBlocks.get(request) ?? []) {
+        const writers = (this.guestWriters.get(b) ?? 1) - 1;
+        if (writers > 0) this.guestWriters.set(b, writers);
+        else this.guestWriters.delete(b);
+        if (this.state[b] !== State.Guest) continue;
+        if (ok) this.markWritten(b);
+        else if (writers === 0) this.state[b] = State.Remote;
+      }
+    } else if (request.op === "flush" && ok) {
+      const covered = this.flushSeqs.get(request);
+      if (covered !== undefined) void this.promote(covered);
+    }
+    this.kick();
+  }
+
+  // ---- fetching -------------------------------------------------------------------------------
+
+  /** The image's data of a block: from the cache, a fetch in flight, or a new fetch. */
+  private imageData(block: number, urgent: boolean): Promise<Uint8Array> {
+    const cached = this.cache.get(block);
+    if (cached) return Promise.resolve(cached);
+    return this.fetching.get(block) ?? this.fetchRun(block, 1, urgent);
+  }
+
+  /**
+   * Fetches `count` consecutive remote blocks from `first` in one request; resolves with the
+   * first block's data. Every block's data goes to those waiting for it even when the guest
+   * wrote the block meanwhile (then it is not cached: the guest's data wins on the disk).
+   */
+  private fetchRun(first: number, count: number, urgent: boolean): Promise<Uint8Array> {
+    const blocks = this.range(first, first + count - 1);
+    const lba = first * this.sectorsPerBlock;
+    const sectors = Math.min(count * this.sectorsPerBlock, this.o.image.sectors - lba);
+    for (const b of blocks) this.state[b] = State.Fetching;
+    this.inFlightFetches++;
+    const run = this.fetchWithRetries(first, lba, sectors);
+    const slice = (data: Uint8Array, i: number) => data.subarray(i * this.blockBytes, Math.min(data.length, (i + 1) * this.blockBytes));
+    run.then(
+      (data) => {
+        this.inFlightFetches--;
+        this.stats.bytesFetched += data.length;
+        if (!urgent) this.stats.bytesBackground += data.length;
+        for (const [i, b] of blocks.entries()) {
+          this.fetching.delete(b);
+          if (this.state[b] !== State.Fetching) continue; // the guest wrote it meanwhile
+          this.state[b] = State.Cached;
+          this.cache.set(b, slice(data, i));
+          (this.landed.has(b) ? this.urgentQueue : this.backgroundQueue).push(b);
+        }
+        this.kick();
+      },
+      (error: unknown) => {
+        this.inFlightFetches--;
+        for (const b of blocks) {
+          this.fetching.delete(b);
+          if (this.state[b] === State.Fetching) this.state[b] = State.Remote;
+          this.landed.get(b)?.reject(error);
+          this.landed.delete(b);
+        }
+        this.fail(error);
+      },
+    );
+    for (const [i, b] of blocks.entries()) {
+      const own = run.then((data) => slice(data, i));
+      own.catch(() => {});
+      this.fetching.set(b, own);
+    }
+    return this.fetching.get(first)!;
+  }
+
+  private async fetchWithRetries(first: number, lba: number, sectors: number): Promise<Uint8Array> {
+    let lastError: unknown;
+    for (let attempt = 0; attempt <= this.o.retries; attempt++) {
+      try {
+        const data = await this.o.image.read(lba, sectors);
+        if (data.length !== sectors * SECTOR_SIZE) throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
+        this.verify(first, data);
+        return data;
+      } catch (error) {
+        lastError = error;
+        if (error instanceof BlockError && (error.code === "changed" || error.code === "config" || error.code === "range")) break;
+        this.stats.fetchRetries++;
+        this.o.onEvent?.({ type: "retry", block: first, attempt: attempt + 1, error: messageOf(error) });
+        await this.o.clock.sleep(Math.min(2000, 50 * 2 ** attempt));
+      }
+    }
+    throw new BlockError(
+      `cannot fetch sectors ${lba}..${lba + sectors} from ${this.o.image.description}: ${messageOf(lastError)}`,
+      lastError instanceof BlockError ? lastError.code : "io",
+      { cause: lastError },
+    );
+  }
+
+  private verify(first: number, data: Uint8Array): void {
+    const check = this.o.verifyBlock;
+    if (!check) return;
+    for (let i = 0; i * this.blockBytes < data.length; i++) {
+      if (!check(first + i, data.subarray(i * this.blockBytes, (i + 1) * this.blockBytes))) {
+        throw new BlockError(`block ${first + i} does not match the manifest`, "io");
+      }
+    }
+  }
+
+  private readAhead(from: number): void {
+    for (let b = from; b < Math.min(this.blocks, from + this.o.readAhead); b++) {
+      if (this.state[b] === State.Remote) this.priority.push(b);
+    }
+    this.kick();
+  }
+
+  // ---- local writes ---------------------------------------------------------------------------
+
+  /** Resolves once `block` is on the local disk (fetching and writing it first if need be). */
+  private land(block: number): Promise<void> {
+    const s = this.state[block]!;
+    if (s === State.Written || s === State.Local || s === State.Guest) return Promise.resolve();
+    let waiter = this.landed.get(block);
+    if (!waiter) {
+      let resolve!: () => void;
+      let reject!: (error: unknown) => void;
+      const promise = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      promise.catch(() => {});
+      waiter = { promise, resolve, reject };
+      this.landed.set(block, waiter);
+    }
+    if (s === State.Remote) void this.imageData(block, true).catch(() => {});
+    else if (s === State.Cached) {
+      // Move it to the front: a guest command waits for it.
+      const i = this.backgroundQueue.indexOf(block);
+      if (i >= 0) {
+        this.backgroundQueue.splice(i, 1);
+        this.urgentQueue.push(block);
+      }
+    }
+    this.kick();
+    return waiter.promise;
+  }
+
+  private landAll(first: number, last: number): Promise<void> {
+    return Promise.all(this.range(first, last).map((b) => this.land(b))).then(() => {});
+  }
+
+  private markWritten(block: number): void {
+    this.state[block] = State.Written;
+    this.writtenSeq.set(block, this.seq++);
+    const waiter = this.landed.get(block);
+    if (waiter) {
+      this.landed.delete(block);
+      waiter.resolve();
+    }
+  }
+
+  /** Writes cached blocks with the mediator's own commands, coalescing neighbours. */
+  private async writer(): Promise<void> {
+    if (this.writerRunning) return;
+    this.writerRunning = true;
+    try {
+      while (!this.failure) {
+        const urgent = this.urgentQueue.length > 0;
+        const queue = urgent ? this.urgentQueue : this.backgroundQueue;
+        const first = queue.shift();
+        if (first === undefined) {
+          if (this.bytesSinceFlush > 0) await this.ownFlush();
+          break;
+        }
+        if (this.state[first] !== State.Cached) continue;
+        const run = [first];
+        const limit = Math.max(1, Math.floor(Math.min(this.o.device.bufferBytes(), 4 * 1024 * 1024) / this.blockBytes));
+        while (run.length < limit) {
+          const next = run[run.length - 1]! + 1;
+          const i = queue.indexOf(next);
+          if (i < 0 || this.state[next] !== State.Cached) break;
+          queue.splice(i, 1);
+          run.push(next);
+        }
+        const data = concat(run.map((b) => this.cache.get(b)!));
+        const lba = first * this.sectorsPerBlock;
+        const result = await this.o.device.issueOwn(this.o.port, { op: "write", lba, sectors: data.length / SECTOR_SIZE, data }, urgent);
+        this.stats.ownWrites++;
+        if (!result.ok) {
+          if (result.error === "aborted") {
+            // The guest reset or stopped the port under us: try again shortly.
+            for (const b of run) queue.unshift(b);
+            await this.o.clock.sleep(1);
+            continue;
+          }
+          this.fail(new BlockError(`local disk write at sector ${lba} failed: ${result.error}`, "io"));
+          break;
+        }
+        this.stats.bytesWrittenLocal += data.length;
+        this.bytesSinceFlush += data.length;
+        for (const b of run) {
+          this.cache.delete(b);
+          if (this.state[b] === State.Cached) this.markWritten(b);
+        }
+        if (this.bytesSinceFlush >= this.o.flushEveryBytes) await this.ownFlush();
+      }
+    } finally {
+      this.writerRunning = false;
+    }
+    if (this.urgentQueue.length + this.backgroundQueue.length > 0 && !this.failure) void this.writer();
+  }
+
+  private async ownFlush(): Promise<void> {
+    const covered = this.seq;
+    this.bytesSinceFlush = 0;
+    const result = await this.o.device.issueOwn(this.o.port, { op: "flush", lba: 0, sectors: 0 }, false);
+    this.stats.ownFlushes++;
+    if (!result.ok) {
+      if (result.error !== "aborted") this.fail(new BlockError(`local disk flush failed: ${result.error}`, "io"));
+      return;
+    }
+    await this.promote(covered);
+  }
+
+  /** Blocks written before a flush that finished are durable: into the bitmap. */
+  private async promote(coveredSeq: number): Promise<void> {
+    for (const [b, s] of this.writtenSeq) {
+      if (s >= coveredSeq) continue;
+      this.writtenSeq.delete(b);
+      if (this.state[b] === State.Written) {
+        this.state[b] = State.Local;
+        this.o.bitmap.mark(b);
+      }
+    }
+    try {
+      await this.o.bitmap.save();
+    } catch (error) {
+      this.fail(new Error(`cannot save the bitmap: ${messageOf(error)}`));
+      return;
+    }
+    if (this.o.bitmap.complete && this.stats.completedAtMs === null) {
+      this.stats.completedAtMs = this.o.clock.now();
+      this.o.onEvent?.({ type: "complete", atMs: this.stats.completedAtMs });
+    }
+    this.kick();
+  }
+
+  // ---- background copy ------------------------------------------------------------------------
+
+  /** Resolves at the next change of state, or after `ms` at the latest. */
+  private changed(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.wakers.add(resolve);
+      void this.o.clock.sleep(ms).then(() => {
+        this.wakers.delete(resolve);
+        resolve();
+      });
+    });
+  }
+
+  private kick(): void {
+    const wakers = [...this.wakers];
+    this.wakers.clear();
+    for (const wake of wakers) wake();
+    if (this.urgentQueue.length + this.backgroundQueue.length > 0) void this.writer();
+  }
+
+  private async backgroundLoop(): Promise<void> {
+    while (!this.stopped && !this.failure && !this.devirtualized) {
+      if (this.o.bitmap.complete) {
+        if (this.tryDevirtualize()) break;
+      } else {
+        const next = this.nextRemote();
+        const room = this.cache.size * this.blockBytes < this.o.maxCachedBytes;
+        if (next >= 0 && room && this.inFlightFetches < this.o.fetchDepth) {
+          const count = this.runLength(next);
+          const bytes = count * this.blockBytes;
+          const now = this.o.clock.now();
+          if (Number.isFinite(this.o.backgroundRate)) {
+            if (now < this.nextBackgroundAt) await this.o.clock.sleep(this.nextBackgroundAt - now);
+            this.nextBackgroundAt = Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
+          }
+          void this.fetchRun(next, count, false).catch(() => {});
+          continue;
+        }
+        if (next < 0 && this.inFlightFetches === 0 && this.cache.size === 0 && !this.writerRunning) {
+          // Everything is written; some blocks wait for a flush (the guest's or ours).
+          if (this.writtenSeq.size > 0) await this.ownFlush();
+        }
+      }
+      await this.changed(this.o.bitmap.complete ? 5 : 20);
+    }
+  }
+
+  private tryDevirtualize(): boolean {
+    if (this.devirtualized) return true;
+    const off = this.o.devirtualize?.() ?? false;
+    if (off) {
+      this.devirtualized = true;
+      this.stats.devirtualizedAtMs = this.o.clock.now();
+      this.o.onEvent?.({ type: "devirtualized", atMs: this.stats.devirtualizedAtMs });
+      this.kick();
+    }
+    return off;
+  }
+
+  /** Next block to copy: read-ahead after guest misses first, then sequentially. */
+  private nextRemote(): number {
+    while (this.priority.length > 0) {
+      const b = this.priority.shift()!;
+      if (this.state[b] === State.Remote) return b;
+    }
+    for (let scanned = 0; scanned < this.blocks; scanned++) {
+      if (this.cursor >= this.blocks) this.cursor = 0;
+      const b = this.cursor;
+      if (this.state[b] === State.Remote) return b;
+      this.cursor++;
+    }
+    return -1;
+  }
+
+  private runLength(first: number): number {
+    let count = 1;
+    while (count < this.o.fetchBlocks && first + count < this.blocks && this.state[first + count] === State.Remote) count++;
+    return count;
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  private fail(error: unknown): void {
+    if (this.failure) return;
+    this.failure = error instanceof Error ? error : new Error(String(error));
+    this.o.onEvent?.({ type: "error", error: this.failure.message });
+    for (const waiter of this.landed.values()) waiter.reject(this.failure);
+    this.landed.clear();
+    this.kick();
+  }
+
+  private blockOf(lba: number): number {
+    return Math.floor(lba / this.sectorsPerBlock);
+  }
+
+  /** Blocks of the image a request touches (none when it lies beyond the image). */
+  private span(request: BlockRequest): [number, number] {
+    const first = this.blockOf(request.lba);
+    const last = Math.min(this.blocks - 1, this.blockOf(request.lba + Math.max(1, request.sectors) - 1));
+    return [first, last];
+  }
+
+  private covers(request: BlockRequest, block: number): boolean {
+    const start = block * this.sectorsPerBlock;
+    const end = Math.min(start + this.sectorsPerBlock, this.o.image.sectors);
+    return request.lba <= start && request.lba + request.sectors >= end;
+  }
+
+  private range(first: number, last: number): number[] {
+    const out: number[] = [];
+    for (let b = first; b <= last; b++) out.push(b);
+    return out;
+  }
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,94 @@
+/**
+ * The two shell scripts of the guest, run by Debian's busybox-static (whose shell runs its applets
+ * without symlinks, so the scripts call `mount`, `insmod`, ... directly).
+ *
+ * Markers printed on the console (ttyS0), one per line, for the host to match:
+ *   MEDIC-INITRAMFS start t=<uptime>                 /init began (initramfs)
+ *   MEDIC-INITRAMFS modules loaded t=<uptime>
+ *   MEDIC-INITRAMFS-ERROR <what>                     a module failed to load, the mount failed, ...
+ *   MEDIC-INITRAMFS root disk t=<uptime>             /dev/sda1 appeared
+ *   MEDIC-INITRAMFS no root disk t=<uptime>          it did not within medic.rootwait= seconds (default 10); powers off
+ *   MEDIC-INITRAMFS switch_root t=<uptime>
+ *   MEDIC-GUEST-START t=<uptime>                     /sbin/init of the root fs began
+ *   MEDIC-GUEST-READ files=<n> t=<uptime>            every file of /data/SHA256SUMS was read and checked
+ *   MEDIC-GUEST-ERROR <what>                         a checksum failed, a write did not read back, ...
+ *   MEDIC-GUEST-WROTE path=/medic-write.bin bytes=<n> sha256=<hex> t=<uptime>   written, synced, re-read from disk
+ *   MEDIC-GUEST-READY t=<uptime> errors=<n>          all done; then `poweroff -f`
+ */
+
+/** The initramfs /init. `@MODULES@` is replaced by the module paths, in load order. */
+export const INITRAMFS_INIT = `#!/bin/busybox sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+up() { cut -d' ' -f1 /proc/uptime; }
+echo "MEDIC-INITRAMFS start t=$(up)"
+for m in @MODULES@; do
+  insmod "/lib/modules/$m" || echo "MEDIC-INITRAMFS-ERROR insmod $m"
+done
+echo "MEDIC-INITRAMFS modules loaded t=$(up)"
+wait_s=10
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    medic.rootwait=*) wait_s="\${arg#medic.rootwait=}" ;;
+  esac
+done
+ticks=$((wait_s * 10))
+i=0
+while [ ! -b /dev/sda1 ]; do
+  if [ "$i" -ge "$ticks" ]; then
+    echo "MEDIC-INITRAMFS no root disk t=$(up)"
+    poweroff -f
+    sleep 5
+  fi
+  i=$((i + 1))
+  usleep 100000
+done
+echo "MEDIC-INITRAMFS root disk t=$(up)"
+if ! mount -t ext4 -o rw /dev/sda1 /mnt/root; then
+  echo "MEDIC-INITRAMFS-ERROR mount /dev/sda1 failed"
+  poweroff -f
+  sleep 5
+fi
+mount --move /dev /mnt/root/dev
+mount --move /sys /mnt/root/sys
+echo "MEDIC-INITRAMFS switch_root t=$(up)"
+mount --move /proc /mnt/root/proc
+exec switch_root /mnt/root /sbin/init
+`;
+
+/** The root file system's /sbin/init. */
+export const ROOTFS_INIT = `#!/bin/busybox sh
+export PATH=/bin:/sbin
+up() { cut -d' ' -f1 /proc/uptime; }
+errors=0
+echo "MEDIC-GUEST-START t=$(up)"
+mount -t tmpfs tmpfs /tmp
+if sha256sum -c /data/SHA256SUMS > /tmp/sums.out 2>&1; then :; fi
+n=$(grep -c ': OK$' /tmp/sums.out)
+bad=$(grep -v ': OK$' /tmp/sums.out)
+if [ -n "$bad" ]; then
+  echo "$bad" | while read -r line; do echo "MEDIC-GUEST-ERROR checksum $line"; done
+  errors=$((errors + $(echo "$bad" | wc -l)))
+fi
+echo "MEDIC-GUEST-READ files=$n t=$(up)"
+src=/data/write-source.bin
+dst=/medic-write.bin
+want=$(sha256sum "$src" | cut -d' ' -f1)
+rm -f "$dst"
+cp "$src" "$dst"
+sync
+echo 3 > /proc/sys/vm/drop_caches
+got=$(sha256sum "$dst" | cut -d' ' -f1)
+bytes=$(wc -c < "$dst")
+if [ "$got" != "$want" ]; then
+  echo "MEDIC-GUEST-ERROR write readback $dst sha256=$got expected=$want"
+  errors=$((errors + 1))
+fi
+echo "MEDIC-GUEST-WROTE path=$dst bytes=$bytes sha256=$got t=$(up)"
+echo "MEDIC-GUEST-READY t=$(up) errors=$errors"
+sync
+poweroff -f
+sleep 5
+`;
