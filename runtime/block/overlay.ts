@@ -1,4 +1,4 @@
-import { SECTOR_SIZE, type BlockBackend, type BlockSource, checkRange } from "./types.ts";
+import { type BlockBackend, type BlockSource, checkRange, SECTOR_SIZE } from "./types.ts";
 
 /**
  * A writable disk over a read-only image: writes land in memory, sector by sector, and reads
@@ -34,7 +34,8 @@ export class OverlayBackend implements BlockBackend {
   async write(lba: number, data: Uint8Array): Promise<void> {
     const count = data.length / SECTOR_SIZE;
     checkRange(this.description, this.sectors, lba, count);
-    for (let i = 0; i < count; i++) this.written.set(lba + i, data.slice(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE));
+    for (let i = 0; i < count; i++)
+      this.written.set(lba + i, data.slice(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE));
   }
 
   async flush(): Promise<void> {}

@@ -1,7 +1,13 @@
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { streamingEnvironment } from "../deploy/streaming-replay.ts";
-import { bareEnvironment, type EnvironmentFactory, passthroughEnvironment, REPLAY_MODES, type ReplayMode } from "../replay/modes.ts";
+import {
+  bareEnvironment,
+  type EnvironmentFactory,
+  passthroughEnvironment,
+  REPLAY_MODES,
+  type ReplayMode,
+} from "../replay/modes.ts";
 import { replayTrace } from "../replay/replay.ts";
 import { parseTrace, TraceError } from "../replay/trace.ts";
 import { CliError } from "./errors.ts";
@@ -25,7 +31,8 @@ export async function replayCommand(args: string[]): Promise<number> {
     throw new CliError(error instanceof Error ? error.message : String(error));
   }
   const mode = (parsed.values.mode ?? "bare") as ReplayMode;
-  if (!REPLAY_MODES.includes(mode)) throw new CliError(`unknown mode '${mode}' (bare, passthrough or streaming)`);
+  if (!REPLAY_MODES.includes(mode))
+    throw new CliError(`unknown mode '${mode}' (bare, passthrough or streaming)`);
   const factory = environments[mode];
   if (!factory) throw new CliError(`mode '${mode}' is not available`);
   if (parsed.positionals.length === 0) throw new CliError("no trace given");
@@ -47,7 +54,8 @@ export async function replayCommand(args: string[]): Promise<number> {
       const env = await factory(trace);
       try {
         const result = await replayTrace(trace, env);
-        for (const f of result.failures) process.stdout.write(`${trace.name}:${f.line}: ${f.op}: ${f.message}\n`);
+        for (const f of result.failures)
+          process.stdout.write(`${trace.name}:${f.line}: ${f.op}: ${f.message}\n`);
         passed += result.passed;
         failed += result.failed;
       } finally {

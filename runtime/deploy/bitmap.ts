@@ -1,4 +1,4 @@
-import { open, readFile, rename, type FileHandle } from "node:fs/promises";
+import { type FileHandle, open, readFile, rename } from "node:fs/promises";
 
 /**
  * Which blocks of the image are durable on the local disk, persisted beside it so a deployment
@@ -41,19 +41,27 @@ export class LocalBitmap {
    * Loads the map at `path`, or starts an empty one when there is none. A map made for another
    * image or block size is an error: resuming it would mix two images.
    */
-  static async load(path: string, identity: BitmapIdentity): Promise<{ bitmap: LocalBitmap; resumed: boolean }> {
+  static async load(
+    path: string,
+    identity: BitmapIdentity,
+  ): Promise<{ bitmap: LocalBitmap; resumed: boolean }> {
     let text: Buffer;
     try {
       text = await readFile(path);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return { bitmap: new LocalBitmap(identity, path), resumed: false };
+      if ((error as NodeJS.ErrnoException).code === "ENOENT")
+        return { bitmap: new LocalBitmap(identity, path), resumed: false };
       throw error;
     }
     const newline = text.indexOf(0x0a);
     const header = newline < 0 ? "" : text.subarray(0, newline).toString("utf8");
     const fields = parseHeader(header);
     if (fields === null) throw new Error(`${path}: not a medic bitmap (bad header)`);
-    if (fields.blockBytes !== identity.blockBytes || fields.imageSectors !== identity.imageSectors || fields.imageTag !== identity.imageTag) {
+    if (
+      fields.blockBytes !== identity.blockBytes ||
+      fields.imageSectors !== identity.imageSectors ||
+      fields.imageTag !== identity.imageTag
+    ) {
       throw new Error(
         `${path} belongs to another deployment (block size ${fields.blockBytes}, ${fields.imageSectors} sectors, image ${fields.imageTag}); ` +
           `this one is block size ${identity.blockBytes}, ${identity.imageSectors} sectors, image ${identity.imageTag}. Remove it to start over.`,
@@ -61,7 +69,8 @@ export class LocalBitmap {
     }
     const blocks = Math.ceil((identity.imageSectors * 512) / identity.blockBytes);
     const bits = new Uint8Array(text.subarray(newline + 1));
-    if (bits.length !== Math.ceil(blocks / 8)) throw new Error(`${path}: truncated bitmap (${bits.length} bytes)`);
+    if (bits.length !== Math.ceil(blocks / 8))
+      throw new Error(`${path}: truncated bitmap (${bits.length} bytes)`);
     return { bitmap: new LocalBitmap(identity, path, bits), resumed: true };
   }
 

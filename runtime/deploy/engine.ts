@@ -1,4 +1,4 @@
-import { type BlockSource, BlockError, SECTOR_SIZE } from "../block/types.ts";
+import { BlockError, type BlockSource, SECTOR_SIZE } from "../block/types.ts";
 import type { Clock } from "../vmx/clock.ts";
 import type { LocalBitmap } from "./bitmap.ts";
 
@@ -89,7 +89,7 @@ export interface EngineStats {
   devirtualizedAtMs: number | null;
 }
 
-const enum State {
+enum State {
   /** Only on the image server. */
   Remote = 0,
   Fetching = 1,
@@ -217,7 +217,11 @@ export class DeploymentEngine {
   }
 
   /** The disk as the guest would read it now: local blocks from the disk, others from the image. */
-  async readAsGuest(lba: number, sectors: number, readLocal: (lba: number, sectors: number) => Promise<Uint8Array>): Promise<Uint8Array> {
+  async readAsGuest(
+    lba: number,
+    sectors: number,
+    readLocal: (lba: number, sectors: number) => Promise<Uint8Array>,
+  ): Promise<Uint8Array> {
     const out = new Uint8Array(sectors * SECTOR_SIZE);
     for (let at = lba; at < lba + sectors; ) {
       const block = this.blockOf(at);
@@ -225,8 +229,13 @@ export class DeploymentEngine {
       const state = block < this.blocks ? this.state[block]! : State.Local;
       const cached = this.cache.get(block);
       let data: Uint8Array;
-      if (state === State.Local || state === State.Written || state === State.Guest) data = await readLocal(at, end - at);
-      else if (cached) data = cached.subarray((at - block * this.sectorsPerBlock) * SECTOR_SIZE, (end - block * this.sectorsPerBlock) * SECTOR_SIZE);
+      if (state === State.Local || state === State.Written || state === State.Guest)
+        data = await readLocal(at, end - at);
+      else if (cached)
+        data = cached.subarray(
+          (at - block * this.sectorsPerBlock) * SECTOR_SIZE,
+          (end - block * this.sectorsPerBlock) * SECTOR_SIZE,
+        );
       else data = await this.o.image.read(at, end - at);
       out.set(data, (at - lba) * SECTOR_SIZE);
       at = end;
@@ -282,7 +291,10 @@ export class DeploymentEngine {
       const from = Math.max(request.lba, blockStart);
       const to = Math.min(request.lba + request.sectors, blockStart + this.sectorsPerBlock);
       if (to <= from) continue;
-      data.set(parts[i]!.subarray((from - blockStart) * SECTOR_SIZE, (to - blockStart) * SECTOR_SIZE), (from - request.lba) * SECTOR_SIZE);
+      data.set(
+        parts[i]!.subarray((from - blockStart) * SECTOR_SIZE, (to - blockStart) * SECTOR_SIZE),
+        (from - request.lba) * SECTOR_SIZE,
+      );
     }
     if (!request.writeData(data)) throw new Error("aborted", { cause: "aborted" });
     this.stats.bytesRedirected += data.length;
@@ -357,7 +369,8 @@ export class DeploymentEngine {
     for (const b of blocks) this.state[b] = State.Fetching;
     this.inFlightFetches++;
     const run = this.fetchWithRetries(first, lba, sectors);
-    const slice = (data: Uint8Array, i: number) => data.subarray(i * this.blockBytes, Math.min(data.length, (i + 1) * this.blockBytes));
+    const slice = (data: Uint8Array, i: number) =>
+      data.subarray(i * this.blockBytes, Math.min(data.length, (i + 1) * this.blockBytes));
     run.then(
       (data) => {
         this.inFlightFetches--;
@@ -396,12 +409,17 @@ export class DeploymentEngine {
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       try {
         const data = await this.o.image.read(lba, sectors);
-        if (data.length !== sectors * SECTOR_SIZE) throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
+        if (data.length !== sectors * SECTOR_SIZE)
+          throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
         this.verify(first, data);
         return data;
       } catch (error) {
         lastError = error;
-        if (error instanceof BlockError && (error.code === "changed" || error.code === "config" || error.code === "range")) break;
+        if (
+          error instanceof BlockError &&
+          (error.code === "changed" || error.code === "config" || error.code === "range")
+        )
+          break;
         this.stats.fetchRetries++;
         this.o.onEvent?.({ type: "retry", block: first, attempt: attempt + 1, error: messageOf(error) });
         await this.o.clock.sleep(Math.min(2000, 50 * 2 ** attempt));
@@ -491,7 +509,10 @@ export class DeploymentEngine {
         }
         if (this.state[first] !== State.Cached) continue;
         const run = [first];
-        const limit = Math.max(1, Math.floor(Math.min(this.o.device.bufferBytes(), 4 * 1024 * 1024) / this.blockBytes));
+        const limit = Math.max(
+          1,
+          Math.floor(Math.min(this.o.device.bufferBytes(), 4 * 1024 * 1024) / this.blockBytes),
+        );
         while (run.length < limit) {
           const next = run[run.length - 1]! + 1;
           const i = queue.indexOf(next);
@@ -501,7 +522,11 @@ export class DeploymentEngine {
         }
         const data = concat(run.map((b) => this.cache.get(b)!));
         const lba = first * this.sectorsPerBlock;
-        const result = await this.o.device.issueOwn(this.o.port, { op: "write", lba, sectors: data.length / SECTOR_SIZE, data }, urgent);
+        const result = await this.o.device.issueOwn(
+          this.o.port,
+          { op: "write", lba, sectors: data.length / SECTOR_SIZE, data },
+          urgent,
+        );
         this.stats.ownWrites++;
         if (!result.ok) {
           if (result.error === "aborted") {
@@ -533,7 +558,8 @@ export class DeploymentEngine {
     const result = await this.o.device.issueOwn(this.o.port, { op: "flush", lba: 0, sectors: 0 }, false);
     this.stats.ownFlushes++;
     if (!result.ok) {
-      if (result.error !== "aborted") this.fail(new BlockError(`local disk flush failed: ${result.error}`, "io"));
+      if (result.error !== "aborted")
+        this.fail(new BlockError(`local disk flush failed: ${result.error}`, "io"));
       return;
     }
     await this.promote(covered);
@@ -595,7 +621,8 @@ export class DeploymentEngine {
           const now = this.o.clock.now();
           if (Number.isFinite(this.o.backgroundRate)) {
             if (now < this.nextBackgroundAt) await this.o.clock.sleep(this.nextBackgroundAt - now);
-            this.nextBackgroundAt = Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
+            this.nextBackgroundAt =
+              Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
           }
           void this.fetchRun(next, count, false).catch(() => {});
           continue;
@@ -638,7 +665,12 @@ export class DeploymentEngine {
 
   private runLength(first: number): number {
     let count = 1;
-    while (count < this.o.fetchBlocks && first + count < this.blocks && this.state[first + count] === State.Remote) count++;
+    while (
+      count < this.o.fetchBlocks &&
+      first + count < this.blocks &&
+      this.state[first + count] === State.Remote
+    )
+      count++;
     return count;
   }
 

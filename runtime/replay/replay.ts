@@ -46,7 +46,10 @@ export async function replayTrace(trace: Trace, env: ReplayEnvironment): Promise
   const guestRam = machine.guestRamBytes;
   const inRam = (op: TraceOp, addr: number, len: number) => {
     if (addr + len > guestRam) {
-      throw new TraceError(op.line, `guest RAM is ${guestRam} bytes; 0x${addr.toString(16)}+${len} is outside it`);
+      throw new TraceError(
+        op.line,
+        `guest RAM is ${guestRam} bytes; 0x${addr.toString(16)}+${len} is outside it`,
+      );
     }
   };
 
@@ -61,7 +64,11 @@ export async function replayTrace(trace: Trace, env: ReplayEnvironment): Promise
         const value = mmioRead(env, op.line, op.addr, op.size);
         if (op.expect !== null) {
           const expect = op.expect;
-          check(op, (value & op.mask) === (expect & op.mask), () => `${hex(op.addr)}: expected ${hex(expect)} (mask ${hex(op.mask)}), got ${hex(value)}`);
+          check(
+            op,
+            (value & op.mask) === (expect & op.mask),
+            () => `${hex(op.addr)}: expected ${hex(expect)} (mask ${hex(op.mask)}), got ${hex(value)}`,
+          );
         }
         break;
       }
@@ -88,7 +95,12 @@ export async function replayTrace(trace: Trace, env: ReplayEnvironment): Promise
           await yieldToMachine();
           value = mmioRead(env, op.line, op.addr, op.size);
         }
-        check(op, (value & op.mask) === op.value, () => `${hex(op.addr)}: expected ${hex(op.value)} under mask ${hex(op.mask)} within ${op.maxMs} ms, last read ${hex(value)}`);
+        check(
+          op,
+          (value & op.mask) === op.value,
+          () =>
+            `${hex(op.addr)}: expected ${hex(op.value)} under mask ${hex(op.mask)} within ${op.maxMs} ms, last read ${hex(value)}`,
+        );
         break;
       }
       case "settle": {
@@ -98,11 +110,19 @@ export async function replayTrace(trace: Trace, env: ReplayEnvironment): Promise
       }
       case "irq":
         await yieldToMachine();
-        check(op, machine.irqPending === op.expect, () => `expected interrupt ${op.expect ? "pending" : "not pending"}, it is ${machine.irqPending ? "pending" : "not pending"}`);
+        check(
+          op,
+          machine.irqPending === op.expect,
+          () =>
+            `expected interrupt ${op.expect ? "pending" : "not pending"}, it is ${machine.irqPending ? "pending" : "not pending"}`,
+        );
         break;
       case "disk_expect": {
         if (op.lba + op.count > trace.machine.diskSectors) {
-          throw new TraceError(op.line, `sectors ${op.lba}..${op.lba + op.count} are beyond the disk (${trace.machine.diskSectors})`);
+          throw new TraceError(
+            op.line,
+            `sectors ${op.lba}..${op.lba + op.count} are beyond the disk (${trace.machine.diskSectors})`,
+          );
         }
         const actual = await env.readDisk(op.lba, op.count);
         const verdict = compareContent(op.check, actual);
@@ -127,7 +147,13 @@ function mmioRead(env: ReplayEnvironment, line: number, addr: number, size: 1 | 
   return BigInt(env.machine.mmioRead(addr, size));
 }
 
-function mmioWrite(env: ReplayEnvironment, line: number, addr: number, size: 1 | 2 | 4 | 8, value: bigint): void {
+function mmioWrite(
+  env: ReplayEnvironment,
+  line: number,
+  addr: number,
+  size: 1 | 2 | 4 | 8,
+  value: bigint,
+): void {
   guardMmio(env, line, addr, size);
   if (size === 8) {
     env.machine.mmioWrite(addr, 4, Number(value & 0xffffffffn));
@@ -140,9 +166,13 @@ function mmioWrite(env: ReplayEnvironment, line: number, addr: number, size: 1 |
 function guardMmio(env: ReplayEnvironment, line: number, addr: number, size: number): void {
   const { region } = env.machine;
   if (addr < region.base || addr + size > region.end) {
-    throw new TraceError(line, `MMIO ${hex(BigInt(addr))} is outside the controller's registers (${hex(BigInt(region.base))}..${hex(BigInt(region.end))})`);
+    throw new TraceError(
+      line,
+      `MMIO ${hex(BigInt(addr))} is outside the controller's registers (${hex(BigInt(region.base))}..${hex(BigInt(region.end))})`,
+    );
   }
-  if (addr % size !== 0) throw new TraceError(line, `MMIO ${hex(BigInt(addr))} is not aligned to its size ${size}`);
+  if (addr % size !== 0)
+    throw new TraceError(line, `MMIO ${hex(BigInt(addr))} is not aligned to its size ${size}`);
 }
 
 function contentLength(check: ContentCheck): number {
@@ -169,7 +199,8 @@ function compareContent(check: ContentCheck, actual: Uint8Array): string | null 
         // Compare the partial sector byte by byte against the pattern.
         for (let s = 0; s < full.length / 512; s++) {
           const value = BigInt(check.lba + s);
-          for (let b = 0; b < 512; b++) expected[s * 512 + b] = Number((value >> BigInt((b % 8) * 8)) & 0xffn);
+          for (let b = 0; b < 512; b++)
+            expected[s * 512 + b] = Number((value >> BigInt((b % 8) * 8)) & 0xffn);
         }
         const at = actual.findIndex((b, i) => b !== expected[i]);
         return at < 0 ? null : `lba pattern from ${check.lba} differs at byte ${at}`;

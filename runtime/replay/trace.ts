@@ -14,7 +14,13 @@ export interface TraceMachine {
 export type AccessSize = 1 | 2 | 4 | 8;
 
 export type TraceOp =
-  | { readonly op: "mmio_write"; readonly line: number; readonly addr: number; readonly size: AccessSize; readonly value: bigint }
+  | {
+      readonly op: "mmio_write";
+      readonly line: number;
+      readonly addr: number;
+      readonly size: AccessSize;
+      readonly value: bigint;
+    }
   | {
       readonly op: "mmio_read";
       readonly line: number;
@@ -24,7 +30,13 @@ export type TraceOp =
       readonly mask: bigint;
     }
   | { readonly op: "mem_write"; readonly line: number; readonly addr: number; readonly bytes: Uint8Array }
-  | { readonly op: "mem_fill"; readonly line: number; readonly addr: number; readonly len: number; readonly byte: number }
+  | {
+      readonly op: "mem_fill";
+      readonly line: number;
+      readonly addr: number;
+      readonly len: number;
+      readonly byte: number;
+    }
   | { readonly op: "mem_expect"; readonly line: number; readonly addr: number; readonly check: ContentCheck }
   | {
       readonly op: "poll";
@@ -37,7 +49,13 @@ export type TraceOp =
     }
   | { readonly op: "settle"; readonly line: number; readonly maxMs: number }
   | { readonly op: "irq"; readonly line: number; readonly expect: boolean }
-  | { readonly op: "disk_expect"; readonly line: number; readonly lba: number; readonly count: number; readonly check: ContentCheck }
+  | {
+      readonly op: "disk_expect";
+      readonly line: number;
+      readonly lba: number;
+      readonly count: number;
+      readonly check: ContentCheck;
+    }
   | { readonly op: "finish"; readonly line: number; readonly maxMs: number }
   | { readonly op: "comment"; readonly line: number; readonly text: string };
 
@@ -92,7 +110,10 @@ export function parseTrace(text: string, fileName: string): Trace {
     try {
       value = JSON.parse(raw);
     } catch (error) {
-      throw new TraceError(line, `not valid JSON (${error instanceof Error ? error.message : String(error)})`);
+      throw new TraceError(
+        line,
+        `not valid JSON (${error instanceof Error ? error.message : String(error)})`,
+      );
     }
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new TraceError(line, "each line must be a JSON object");
@@ -116,15 +137,22 @@ export function parseTrace(text: string, fileName: string): Trace {
 function parseMachine(header: Record<string, unknown>, line: number): TraceMachine {
   const m = header.machine;
   if (m === undefined) return DEFAULTS;
-  if (typeof m !== "object" || m === null || Array.isArray(m)) throw new TraceError(line, "'machine' must be an object");
+  if (typeof m !== "object" || m === null || Array.isArray(m))
+    throw new TraceError(line, "'machine' must be an object");
   const fields = m as Record<string, unknown>;
   const pattern = fields.disk_pattern ?? DEFAULTS.diskPattern;
-  if (pattern !== "lba" && pattern !== "zero") throw new TraceError(line, `disk_pattern must be "lba" or "zero", not ${JSON.stringify(pattern)}`);
+  if (pattern !== "lba" && pattern !== "zero")
+    throw new TraceError(line, `disk_pattern must be "lba" or "zero", not ${JSON.stringify(pattern)}`);
   const ramMiB = optionalInt(fields, "ram_mib", line, DEFAULTS.ramMiB);
   if (ramMiB < 1 || ramMiB > 4096) throw new TraceError(line, `ram_mib ${ramMiB} is out of range (1..4096)`);
   const diskSectors = optionalInt(fields, "disk_sectors", line, DEFAULTS.diskSectors);
   if (diskSectors < 1) throw new TraceError(line, "disk_sectors must be at least 1");
-  return { ramMiB, abar: optionalInt(fields, "abar", line, DEFAULTS.abar), diskSectors, diskPattern: pattern };
+  return {
+    ramMiB,
+    abar: optionalInt(fields, "abar", line, DEFAULTS.abar),
+    diskSectors,
+    diskPattern: pattern,
+  };
 }
 
 function parseOp(r: Record<string, unknown>, line: number): TraceOp {
@@ -134,7 +162,13 @@ function parseOp(r: Record<string, unknown>, line: number): TraceOp {
   switch (op) {
     case "mmio_write": {
       const size = accessSize(r, line);
-      return { op, line, addr: int(r, "addr", line), size, value: fitting(big(r, "value", line), size, "value", line) };
+      return {
+        op,
+        line,
+        addr: int(r, "addr", line),
+        size,
+        value: fitting(big(r, "value", line), size, "value", line),
+      };
     }
     case "mmio_read": {
       const size = accessSize(r, line);
@@ -196,7 +230,8 @@ function contentCheck(r: Record<string, unknown>, line: number, impliedLength: n
     return { kind: "sha256", length: length(), digest: r.sha256.toLowerCase() };
   }
   if (r.pattern !== undefined) {
-    if (r.pattern !== "lba") throw new TraceError(line, `unknown pattern ${JSON.stringify(r.pattern)} (only "lba")`);
+    if (r.pattern !== "lba")
+      throw new TraceError(line, `unknown pattern ${JSON.stringify(r.pattern)} (only "lba")`);
     const lba = r.lba === undefined && impliedLength !== null ? int(r, "lba", line) : int(r, "lba", line);
     return { kind: "pattern", length: length(), lba };
   }
@@ -205,7 +240,8 @@ function contentCheck(r: Record<string, unknown>, line: number, impliedLength: n
 
 function accessSize(r: Record<string, unknown>, line: number): AccessSize {
   const size = r.size === undefined ? 4 : int(r, "size", line);
-  if (size !== 1 && size !== 2 && size !== 4 && size !== 8) throw new TraceError(line, `size must be 1, 2, 4 or 8, not ${size}`);
+  if (size !== 1 && size !== 2 && size !== 4 && size !== 8)
+    throw new TraceError(line, `size must be 1, 2, 4 or 8, not ${size}`);
   return size;
 }
 
@@ -218,7 +254,8 @@ function big(r: Record<string, unknown>, key: string, line: number): bigint {
   const v = r[key];
   if (v === undefined) throw new TraceError(line, `missing '${key}'`);
   if (typeof v === "number") {
-    if (!Number.isSafeInteger(v) || v < 0) throw new TraceError(line, `'${key}' must be a non-negative integer`);
+    if (!Number.isSafeInteger(v) || v < 0)
+      throw new TraceError(line, `'${key}' must be a non-negative integer`);
     return BigInt(v);
   }
   if (typeof v === "string" && /^0x[0-9a-fA-F]+$/.test(v)) {

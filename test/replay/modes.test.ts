@@ -2,7 +2,11 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { streamingEnvironment } from "../../runtime/deploy/streaming-replay.ts";
-import { bareEnvironment, type EnvironmentFactory, passthroughEnvironment } from "../../runtime/replay/modes.ts";
+import {
+  bareEnvironment,
+  type EnvironmentFactory,
+  passthroughEnvironment,
+} from "../../runtime/replay/modes.ts";
 import { replayTrace } from "../../runtime/replay/replay.ts";
 import { parseTrace } from "../../runtime/replay/trace.ts";
 

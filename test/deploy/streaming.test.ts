@@ -1,0 +1,104 @@
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { checkLbaPattern } from "../../runtime/block/pattern.ts";
+import { streamingEnvironment } from "../../runtime/deploy/streaming-replay.ts";
+import { replayTrace } from "../../runtime/replay/replay.ts";
+import { parseTrace } from "../../runtime/replay/trace.ts";
+
+const example = readFileSync(
+  new URL("../../../shared/traces/example-dma-read.trace.jsonl", import.meta.url),
+  "utf8",
+);
+
+/** The shared DMA-read example, moved to LBA 0x8000 (far from where the background copy starts). */
+function farReadTrace(extra: object[]): string {
+  const lines = example
+    .trim()
+    .split("\n")
+    .map((l) =>
+      l.replace('"hex": "2780250040000040', '"hex": "2780250000800040').replace('"lba": 64', '"lba": 32768'),
+    );
+  return [...lines, ...extra.map((o) => JSON.stringify(o))].join("\n");
+}
+
+describe("streaming deployment under a replayed guest", () => {
+  it("redirects a read of missing blocks, copies the rest, de-virtualizes, and leaves the image on disk", async () => {
+    const text = farReadTrace([
+      { op: "finish", max_ms: 60000 },
+      { op: "disk_expect", lba: 0, count: 65536, pattern: "lba" },
+      { op: "mmio_read", addr: "0xfebf0138", size: 4, expect: "0x0" },
+    ]);
+    const trace = parseTrace(text, "far-read.trace.jsonl");
+    // 32 MiB over 64 MiB/s: the guest's read comes long before the copy reaches LBA 0x8000.
+    const env = await streamingEnvironment(trace, { linkBytesPerSecond: 64 * 1024 * 1024, latencyMs: 1 });
+    try {
+      const result = await replayTrace(trace, env);
+      expect(result.failures).toEqual([]);
+      const { engine, machine } = env;
+      expect(engine.stats.redirectedReads).toBeGreaterThanOrEqual(1);
+      expect(engine.stats.bytesRedirected).toBeGreaterThanOrEqual(2048);
+      expect(engine.isDevirtualized).toBe(true);
+      expect(machine.host.on).toBe(false);
+      expect(machine.host.stats.exitsAfterOff).toBe(0);
+      // After de-virtualization the guest's accesses go straight to the device.
+      const exits = machine.host.stats.exits;
+      const direct = machine.region.stats.directReads;
+      machine.mmioRead(0xfebf0138, 4);
+      expect(machine.host.stats.exits).toBe(exits);
+      expect(machine.region.stats.directReads).toBe(direct + 1);
+      // The local disk itself (not the engine's view) holds the whole image.
+      const disk = await env.local.read(0, 65536);
+      expect(checkLbaPattern(disk, 0)).toBe(-1);
+    } finally {
+      await env.close();
+    }
+  });
+
+  it("keeps a guest write made during streaming over the image data", async () => {
+    // WRITE DMA EXT of 8 sectors at LBA 0x8000 from a 0xAB-filled buffer, then finish.
+    const fis = "27803500" + "00800040" + "00000000" + "08000000" + "00000000";
+    const table = fis.padEnd(256, "0") + "00000800" + "00000000" + "00000000" + "ff0f0000";
+    const lines = example.trim().split("\n");
+    const init = lines.slice(
+      0,
+      lines.findIndex((l) => l.includes('"mem_write"')),
+    );
+    const ops = [
+      { op: "mem_fill", addr: "0x80000", len: 4096, byte: "0xab" },
+      { op: "mem_write", addr: "0x41000", hex: table },
+      {
+        op: "mem_write",
+        addr: "0x40000",
+        hex: "4500010000000000001004000000000000000000000000000000000000000000",
+      },
+      { op: "mmio_write", addr: "0xfebf0138", size: 4, value: "0x1" },
+      { op: "poll", addr: "0xfebf0138", size: 4, mask: "0x1", value: "0x0" },
+      { op: "mmio_read", addr: "0xfebf0120", size: 4, expect: "0x0", mask: "0x1" },
+      { op: "finish" },
+      { op: "disk_expect", lba: 32768, count: 8, sha256: sha(new Uint8Array(4096).fill(0xab)) },
+      { op: "disk_expect", lba: 32776, count: 120, pattern: "lba" },
+    ];
+    const trace = parseTrace([...init, ...ops.map((o) => JSON.stringify(o))].join("\n"), "write.trace.jsonl");
+    const env = await streamingEnvironment(trace, { linkBytesPerSecond: 64 * 1024 * 1024, latencyMs: 1 });
+    try {
+      const result = await replayTrace(trace, env);
+      expect(result.failures).toEqual([]);
+      const checks = trace.ops.filter(
+        (o) =>
+          ["poll", "mem_expect", "irq", "disk_expect"].includes(o.op) ||
+          (o.op === "mmio_read" && o.expect !== null),
+      );
+      expect(result.passed).toBe(checks.length);
+      expect(env.engine.stats.deferredCommands).toBeGreaterThanOrEqual(1); // partial block: fetch and merge first
+      const onDisk = await env.local.read(32768, 8);
+      expect(onDisk.every((b) => b === 0xab)).toBe(true);
+    } finally {
+      await env.close();
+    }
+  });
+});
+
+function sha(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
