@@ -1,5 +1,7 @@
 import { compileCommand } from "./compile.ts";
 import { CliError } from "./errors.ts";
+import { deployCommand } from "./deploy.ts";
+import { manifestCommand } from "./manifest.ts";
 import { replayCommand } from "./replay.ts";
 
 const USAGE = `medic — the MEDIator Compiler
@@ -8,17 +10,22 @@ usage:
   medic compile SPEC --out DIR [--check] [--emit-model]   compile a device spec to TypeScript
   medic check SPEC...                                     validate specs, print diagnostics
   medic replay TRACE... [--mode bare|passthrough|streaming] replay guest traces, check expectations
+  medic deploy --image SRC --disk FILE [options]           stream an OS image while a guest boots
+  medic manifest IMAGE [--block-size N]                   per-block SHA-256 of an image (for --manifest)
   medic start                                             the main job on the embedded default
   medic help                                              this text
 `;
 
 type Command = (args: string[]) => Promise<number>;
 
+// Commands load their modules on first use: `deploy` need not pay for the compiler's start-up.
 const commands: Record<string, Command> = {
-  compile: (args) => compileCommand(args, "compile"),
-  check: (args) => compileCommand(args, "check"),
-  replay: replayCommand,
-  start: (args) => compileCommand(["spec/ahci.med", "--summary", ...args], "check"),
+  compile: async (args) => (await import("./compile.ts")).compileCommand(args, "compile"),
+  check: async (args) => (await import("./compile.ts")).compileCommand(args, "check"),
+  replay: async (args) => (await import("./replay.ts")).replayCommand(args),
+  deploy: async (args) => (await import("./deploy.ts")).deployCommand(args),
+  manifest: async (args) => (await import("./manifest.ts")).manifestCommand(args),
+  start: async (args) => (await import("./compile.ts")).compileCommand(["spec/ahci.med", "--summary", ...args], "check"),
   help: async () => {
     process.stdout.write(USAGE);
     return 0;

@@ -164,7 +164,7 @@ export class DeploymentEngine {
       readAhead: 16,
       flushEveryBytes: 64 * 1024 * 1024,
       retries: 5,
-      ...options,
+      ...definedOnly(options),
     };
     const { bitmap } = options;
     this.blockBytes = bitmap.identity.blockBytes;
@@ -610,7 +610,9 @@ export class DeploymentEngine {
 
   private async backgroundLoop(): Promise<void> {
     while (!this.stopped && !this.failure && !this.devirtualized) {
-      if (this.o.bitmap.complete) {
+      // De-virtualize only once the complete map is persisted: after that no image data may
+      // ever be written again, or a resumed run could overwrite the guest's newer writes.
+      if (this.stats.completedAtMs !== null) {
         if (this.tryDevirtualize()) break;
       } else {
         const next = this.nextRemote();
@@ -632,7 +634,7 @@ export class DeploymentEngine {
           if (this.writtenSeq.size > 0) await this.ownFlush();
         }
       }
-      await this.changed(this.o.bitmap.complete ? 5 : 20);
+      await this.changed(this.stats.completedAtMs !== null ? 5 : 20);
     }
   }
 
@@ -718,6 +720,11 @@ function concat(parts: readonly Uint8Array[]): Uint8Array {
     at += p.length;
   }
   return out;
+}
+
+/** Options the caller left undefined keep their defaults. */
+function definedOnly<T extends object>(options: T): T {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as T;
 }
 
 function messageOf(error: unknown): string {

@@ -20,7 +20,8 @@ export class GuestAllocator {
 
   /** Allocates `bytes` at a multiple of `align` (a power of two); throws when RAM runs out. */
   alloc(bytes: number, align = 8, what = "buffer"): number {
-    if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new RangeError(`GuestAllocator: invalid size ${bytes}`);
+    if (!Number.isSafeInteger(bytes) || bytes <= 0)
+      throw new RangeError(`GuestAllocator: invalid size ${bytes}`);
     if (!Number.isSafeInteger(align) || align <= 0 || (align & (align - 1)) !== 0) {
       throw new RangeError(`GuestAllocator: alignment ${align} is not a power of two`);
     }

@@ -1,6 +1,8 @@
 /**
  * Property tests: analyzeSpec never throws, never fails internally, and every diagnostic points
  * inside the text, for random bytes and for random token-level mutations of spec/ahci.med.
+ * FUZZ_RUNS=5000 npx vitest run test/grammar/robustness.test.ts runs longer searches (mind the
+ * 60 s test timeout).
  */
 
 import { readFileSync } from "node:fs";

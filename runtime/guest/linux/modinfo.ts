@@ -34,7 +34,7 @@ export function readModInfo(elf: Uint8Array): ModInfo {
   const softPre: string[] = [];
   for (const sd of fields.get("softdep") ?? []) {
     // e.g. "pre: crc32c" or "pre: a b post: c"
-    const m = /pre:\s*([^]*?)(?:post:|$)/.exec(sd);
+    const m = /pre:\s*([\s\S]*?)(?:post:|$)/.exec(sd);
     if (m?.[1]) softPre.push(...m[1].split(/\s+/).filter((s) => s.length > 0));
   }
   const name = fields.get("name")?.[0];
@@ -61,7 +61,11 @@ function findSection(elf: Uint8Array, wanted: string): Uint8Array | undefined {
         size: Number(dv.getBigUint64(base + 0x20, true)),
       };
     }
-    return { name: dv.getUint32(base, true), offset: dv.getUint32(base + 16, true), size: dv.getUint32(base + 20, true) };
+    return {
+      name: dv.getUint32(base, true),
+      offset: dv.getUint32(base + 16, true),
+      size: dv.getUint32(base + 20, true),
+    };
   };
   const strtab = sh(shstrndx);
   const nameAt = (off: number): string => {

@@ -4,6 +4,7 @@
  *
  * Markers printed on the console (ttyS0), one per line, for the host to match:
  *   MEDIC-INITRAMFS start t=<uptime>                 /init began (initramfs)
+ *   MEDIC-INITRAMFS insmod <module path> t=<uptime>  after each module, only with `medic.debug` on the command line
  *   MEDIC-INITRAMFS modules loaded t=<uptime>
  *   MEDIC-INITRAMFS-ERROR <what>                     a module failed to load, the mount failed, ...
  *   MEDIC-INITRAMFS root disk t=<uptime>             /dev/sda1 appeared
@@ -24,16 +25,19 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 up() { cut -d' ' -f1 /proc/uptime; }
 echo "MEDIC-INITRAMFS start t=$(up)"
-for m in @MODULES@; do
-  insmod "/lib/modules/$m" || echo "MEDIC-INITRAMFS-ERROR insmod $m"
-done
-echo "MEDIC-INITRAMFS modules loaded t=$(up)"
 wait_s=10
+debug=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     medic.rootwait=*) wait_s="\${arg#medic.rootwait=}" ;;
+    medic.debug) debug=1 ;;
   esac
 done
+for m in @MODULES@; do
+  insmod "/lib/modules/$m" || echo "MEDIC-INITRAMFS-ERROR insmod $m"
+  [ "$debug" = 1 ] && echo "MEDIC-INITRAMFS insmod $m t=$(up)"
+done
+echo "MEDIC-INITRAMFS modules loaded t=$(up)"
 ticks=$((wait_s * 10))
 i=0
 while [ ! -b /dev/sda1 ]; do

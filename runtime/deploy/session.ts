@@ -1,0 +1,271 @@
+import { stat } from "node:fs/promises";
+import { FileBackend } from "../block/file.ts";
+import { ThrottledSource } from "../block/throttle.ts";
+import { type BlockSource, SECTOR_SIZE } from "../block/types.ts";
+import { Machine } from "../machine.ts";
+import type { ReplayEnvironment } from "../replay/replay.ts";
+import { openSource } from "../sources/open.ts";
+import type { SourceEvent } from "../sources/options.ts";
+import type { Clock } from "../vmx/clock.ts";
+import { LocalBitmap } from "./bitmap.ts";
+import { DeploymentEngine, type EngineEvent } from "./engine.ts";
+
+/** A guest run during the deployment: it gets the machine and resolves when its job is done. */
+export interface Workload {
+  readonly name: string;
+  run(env: ReplayEnvironment): Promise<WorkloadResult>;
+}
+
+export interface WorkloadResult {
+  readonly reads: number;
+  readonly writes: number;
+  /** Sectors the guest wrote, with their last content, for --verify. */
+  readonly written: ReadonlyMap<number, Uint8Array>;
+  readonly errors: readonly string[];
+}
+
+export interface DeployOptions {
+  readonly image: string;
+  readonly disk: string;
+  readonly clock: Clock;
+  readonly workload: Workload | null;
+  readonly linkBytesPerSecond?: number;
+  readonly latencyMs?: number;
+  readonly blockBytes?: number;
+  readonly backgroundRate?: number;
+  readonly fetchDepth?: number;
+  readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
+  readonly onProgress?: (progress: DeployProgress) => void;
+  readonly onEvent?: (event: EngineEvent | SourceEvent) => void;
+}
+
+export interface DeployProgress {
+  readonly atMs: number;
+  readonly localBytes: number;
+  readonly totalBytes: number;
+  readonly fetchedBytes: number;
+  readonly phase: "streaming" | "de-virtualized";
+  readonly guestDoneAtMs: number | null;
+}
+
+export interface DeploySummary {
+  os_ready_ms: number | null;
+  deploy_done_ms: number | null;
+  devirtualized_at_ms: number | null;
+  resumed: boolean;
+  local_bytes_at_start: number;
+  image_bytes: number;
+  bytes_fetched: number;
+  bytes_redirected: number;
+  bytes_background: number;
+  exits_total: number;
+  exits_after_devirt: number;
+  guest_reads: number;
+  guest_writes: number;
+  guest_errors: readonly string[];
+  verified: boolean | null;
+}
+
+/** A user-facing deployment failure (bad image, disk, options): one clear line. */
+export class DeployError extends Error {}
+
+/**
+ * One streaming deployment: the image source (optionally over a throttled link), the local disk
+ * and its bitmap, the machine with the generated mediator, the engine, and the guest workload.
+ */
+export class DeploySession {
+  private constructor(
+    readonly options: DeployOptions,
+    readonly image: BlockSource,
+    readonly disk: FileBackend,
+    readonly bitmap: LocalBitmap,
+    readonly resumed: boolean,
+    readonly machine: Machine,
+    readonly engine: DeploymentEngine,
+  ) {}
+
+  /** What the workload reported, once run() has finished. */
+  workloadResult: WorkloadResult | null = null;
+
+  /** The deployment as the replayer sees an environment (for trace workloads). */
+  environment(): ReplayEnvironment {
+    return {
+      machine: this.machine,
+      readDisk: (lba, count) => this.engine.readAsGuest(lba, count, (l, c) => this.disk.read(l, c)),
+      guestIdle: () => !this.machine.controller.busy && (!this.machine.host.on || this.machine.mediator!.guestIdle()),
+      finish: () => this.engine.finished(),
+      close: async () => {},
+    };
+  }
+
+  static async open(options: DeployOptions): Promise<DeploySession> {
+    const blockBytes = options.blockBytes ?? 64 * 1024;
+    if (!Number.isInteger(blockBytes) || blockBytes < SECTOR_SIZE || blockBytes % SECTOR_SIZE !== 0) {
+      throw new DeployError(`--block-size must be a positive multiple of ${SECTOR_SIZE}, not ${blockBytes}`);
+    }
+    let source: BlockSource;
+    try {
+      source = await openSource(options.image, { clock: options.clock, onEvent: options.onEvent });
+    } catch (error) {
+      throw new DeployError(`cannot open the image ${options.image}: ${messageOf(error)}`);
+    }
+    const imageBytes = source.sectors * SECTOR_SIZE;
+    const disk = await openDisk(options.disk, source.sectors).catch(async (error) => {
+      await source.close();
+      throw error;
+    });
+    const image =
+      options.linkBytesPerSecond || options.latencyMs
+        ? new ThrottledSource(source, {
+            clock: options.clock,
+            bandwidth: options.linkBytesPerSecond ?? Number.POSITIVE_INFINITY,
+            latency: options.latencyMs ?? 0,
+          })
+        : source;
+    const identity = { blockBytes, imageSectors: source.sectors, imageTag: `${source.description}:${imageBytes}` };
+    let loaded: Awaited<ReturnType<typeof LocalBitmap.load>>;
+    try {
+      loaded = await LocalBitmap.load(`${options.disk}.medic-bitmap`, identity);
+    } catch (error) {
+      await image.close();
+      await disk.close();
+      throw new DeployError(messageOf(error));
+    }
+    const machine = new Machine({ disks: [disk], clock: options.clock, mediated: true, ramMiB: 64 });
+    const engine = new DeploymentEngine({
+      device: machine.mediator!,
+      image,
+      bitmap: loaded.bitmap,
+      clock: options.clock,
+      backgroundRate: options.backgroundRate,
+      fetchDepth: options.fetchDepth,
+      verifyBlock: options.verifyBlock,
+      devirtualize: () => machine.devirtualize(),
+      onEvent: options.onEvent,
+    });
+    return new DeploySession(options, image, disk, loaded.bitmap, loaded.resumed, machine, engine);
+  }
+
+  /** Runs the deployment and the workload to the end; returns the summary (verified: null). */
+  async run(): Promise<DeploySummary> {
+    const { clock } = this.options;
+    const start = clock.now();
+    const localAtStart = this.engine.localBytes;
+    this.engine.start();
+    let guestDoneAt: number | null = null;
+    let result: WorkloadResult | null = null;
+    const workload = this.options.workload
+      ? this.options.workload.run(this.environment()).then((r) => {
+          guestDoneAt = clock.now() - start;
+          result = r;
+          this.workloadResult = r;
+        })
+      : Promise.resolve();
+    const ticker = this.progressTicker(start, () => guestDoneAt);
+    try {
+      await Promise.all([this.engine.finished(), workload]);
+    } finally {
+      ticker.stop();
+    }
+    const stats = this.engine.stats;
+    const finished = result as WorkloadResult | null;
+    return {
+      os_ready_ms: this.options.workload ? guestDoneAt : null,
+      deploy_done_ms: stats.completedAtMs === null ? null : Math.max(0, stats.completedAtMs - start),
+      devirtualized_at_ms: stats.devirtualizedAtMs === null ? null : stats.devirtualizedAtMs - start,
+      resumed: this.resumed,
+      local_bytes_at_start: localAtStart,
+      image_bytes: this.engine.totalBytes,
+      bytes_fetched: stats.bytesFetched,
+      bytes_redirected: stats.bytesRedirected,
+      bytes_background: stats.bytesBackground,
+      exits_total: this.machine.host.stats.exits,
+      exits_after_devirt: this.machine.host.stats.exitsAfterOff,
+      guest_reads: finished?.reads ?? stats.guestReads,
+      guest_writes: finished?.writes ?? stats.guestWrites,
+      guest_errors: finished?.errors ?? [],
+      verified: null,
+    };
+  }
+
+  /**
+   * Compares the local disk with the image plus the guest's writes, block by block. Returns the
+   * differing LBAs (at most `limit`).
+   */
+  async verify(written: ReadonlyMap<number, Uint8Array>, limit = 10): Promise<number[]> {
+    await this.machine.controller.idle();
+    const bad: number[] = [];
+    const chunk = 2048;
+    for (let lba = 0; lba < this.image.sectors && bad.length < limit; lba += chunk) {
+      const count = Math.min(chunk, this.image.sectors - lba);
+      const [local, expected] = await Promise.all([this.disk.read(lba, count), this.image.read(lba, count)]);
+      for (let i = 0; i < count; i++) {
+        const guest = written.get(lba + i);
+        if (guest) expected.set(guest, i * SECTOR_SIZE);
+      }
+      if (Buffer.compare(local, expected) === 0) continue;
+      for (let i = 0; i < count && bad.length < limit; i++) {
+        const a = local.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE);
+        const b = expected.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE);
+        if (Buffer.compare(a, b) !== 0) bad.push(lba + i);
+      }
+    }
+    return bad;
+  }
+
+  async close(): Promise<void> {
+    this.engine.stop();
+    await this.machine.controller.idle();
+    await this.disk.close();
+    await this.image.close();
+  }
+
+  private progressTicker(start: number, guestDone: () => number | null): { stop(): void } {
+    const report = this.options.onProgress;
+    if (!report) return { stop() {} };
+    const emit = () =>
+      report({
+        atMs: this.options.clock.now() - start,
+        localBytes: this.engine.localBytes,
+        totalBytes: this.engine.totalBytes,
+        fetchedBytes: this.engine.stats.bytesFetched,
+        phase: this.engine.isDevirtualized ? "de-virtualized" : "streaming",
+        guestDoneAtMs: guestDone(),
+      });
+    // Progress is shown in wall-clock time, whatever clock the machine runs on.
+    const timer = setInterval(emit, 200);
+    emit();
+    return {
+      stop() {
+        clearInterval(timer);
+        emit();
+      },
+    };
+  }
+}
+
+/** Opens (or creates, sparse) the local disk; it must hold the whole image. */
+async function openDisk(path: string, imageSectors: number): Promise<FileBackend> {
+  let exists = true;
+  try {
+    const s = await stat(path);
+    if (!s.isFile()) throw new DeployError(`the disk ${path} is not a regular file`);
+    if (s.size < imageSectors * SECTOR_SIZE) {
+      throw new DeployError(
+        `the disk ${path} is ${s.size} bytes, smaller than the image (${imageSectors * SECTOR_SIZE} bytes)`,
+      );
+    }
+  } catch (error) {
+    if (error instanceof DeployError) throw error;
+    exists = false;
+  }
+  try {
+    return await FileBackend.open(path, { writable: true, create: !exists, sectors: exists ? undefined : imageSectors });
+  } catch (error) {
+    throw new DeployError(`cannot open the disk ${path} for writing: ${messageOf(error)}`);
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

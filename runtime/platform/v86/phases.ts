@@ -1,0 +1,70 @@
+/**
+ * Boot phases read off the guest console: when (in wall-clock ms since the emulator started) each
+ * milestone of the Linux guest built by runtime/guest/linux was reached. No v86 dependency.
+ */
+
+export interface ConsoleLine {
+  text: string;
+  tMs: number;
+}
+
+export interface BootPhases {
+  /** Wall time at which the kernel's clock read 0 (SeaBIOS + the bzImage's own XZ decompression). */
+  kernelEntryMs?: number;
+  /** The kernel's console came up (first "[    0.000000]"-style line). */
+  consoleMs?: number;
+  /** "Run /init as init process". */
+  initMs?: number;
+  initramfsStartMs?: number;
+  modulesLoadedMs?: number;
+  rootDiskMs?: number;
+  noRootDiskMs?: number;
+  switchRootMs?: number;
+  guestStartMs?: number;
+  guestReadMs?: number;
+  guestWroteMs?: number;
+  guestReadyMs?: number;
+  /** "reboot: Power down" / "reboot: System halted". */
+  powerOffMs?: number;
+  /** MEDIC-*-ERROR lines. */
+  errors: string[];
+}
+
+const KERNEL_TS = /^\[\s*(\d+\.\d+)\]/;
+
+export function bootPhases(lines: readonly ConsoleLine[]): BootPhases {
+  const phases: BootPhases = { errors: [] };
+  const first = (re: RegExp): number | undefined => lines.find((l) => re.test(l.text))?.tMs;
+  phases.consoleMs = first(KERNEL_TS);
+  const init = lines.find((l) => /Run \/init as init process/.test(l.text));
+  if (init) {
+    phases.initMs = init.tMs;
+    const ts = KERNEL_TS.exec(init.text)?.[1];
+    if (ts) phases.kernelEntryMs = Math.max(0, init.tMs - Number(ts) * 1000);
+  }
+  phases.initramfsStartMs = first(/^MEDIC-INITRAMFS start/);
+  phases.modulesLoadedMs = first(/^MEDIC-INITRAMFS modules loaded/);
+  phases.rootDiskMs = first(/^MEDIC-INITRAMFS root disk/);
+  phases.noRootDiskMs = first(/^MEDIC-INITRAMFS no root disk/);
+  phases.switchRootMs = first(/^MEDIC-INITRAMFS switch_root/);
+  phases.guestStartMs = first(/^MEDIC-GUEST-START/);
+  phases.guestReadMs = first(/^MEDIC-GUEST-READ /);
+  phases.guestWroteMs = first(/^MEDIC-GUEST-WROTE/);
+  phases.guestReadyMs = first(/^MEDIC-GUEST-READY/);
+  phases.powerOffMs = first(/reboot: (Power down|System halted)/);
+  phases.errors = lines.filter((l) => /^MEDIC-[A-Z]+-ERROR/.test(l.text)).map((l) => l.text);
+  for (const k of Object.keys(phases) as (keyof BootPhases)[]) {
+    if (phases[k] === undefined) delete phases[k];
+  }
+  return phases;
+}
+
+/** One line per phase, seconds with one decimal, for logs. */
+export function formatBootPhases(p: BootPhases): string {
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(p)) {
+    if (typeof v === "number") parts.push(`${k.replace(/Ms$/, "")}=${(v / 1000).toFixed(1)}s`);
+  }
+  if (p.errors.length > 0) parts.push(`errors=${p.errors.length}`);
+  return parts.join(" ");
+}
