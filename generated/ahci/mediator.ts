@@ -29,6 +29,8 @@ import {
   PORT_IS_SDBS,
   PORT_IS_TFES,
   PORT_SACT,
+  PORT_SCTL,
+  PORT_SCTL_DET,
   PORT_STRIDE,
   PORT_TFD,
   PORT_TFD_ERR_SHIFT,
@@ -351,6 +353,12 @@ export class AhciMediator {
         return this.host.deviceWrite(offset, value);
       case PORT_CMD:
         return this.writeCommand(port, value);
+      case PORT_SCTL:
+        if ((value & PORT_SCTL_DET) !== 0) {
+          this.abortOwn(port, false);
+          this.dropCommands(port, true);
+        }
+        return this.host.deviceWrite(offset, value);
       default:
         return this.host.deviceWrite(offset, value);
     }
@@ -709,7 +717,10 @@ export class AhciMediator {
 
   private writeGlobalControl(value: number): void {
     if ((value & HOST_GHC_HR) !== 0) {
-      for (let port = 0; port < PORT_COUNT; port++) this.dropCommands(port, true);
+      for (let port = 0; port < PORT_COUNT; port++) {
+        this.abortOwn(port, true);
+        this.dropCommands(port, true);
+      }
       this.emulatedHostIs = 0;
     }
     this.host.deviceWrite(HOST_BASE + HOST_GHC, value);
@@ -732,6 +743,27 @@ export class AhciMediator {
     this.host.deviceWrite(this.portBase(port) + PORT_CMD, value);
   }
 
+  /**
+   * A reset while the mediator's own command runs: the command is lost, and the guest's lists
+   * and engine bits go back at once (an HBA reset clears the lists anyway), before the reset.
+   */
+  private abortOwn(port: number, hbaReset: boolean): void {
+    const shadow = this.ports[port]!;
+    const own = shadow.own;
+    if (own === null) return;
+    own.aborted = true;
+    const lists = shadow.guestLists;
+    shadow.guestLists = null;
+    if (hbaReset || lists === null) return;
+    const base = this.portBase(port);
+    const engine = PORT_CMD_ST | PORT_CMD_FRE;
+    const cmd = this.host.deviceRead(base + PORT_CMD);
+    this.host.deviceWrite(base + PORT_CMD, cmd & ~engine);
+    this.installLists(port, lists[0] + lists[1] * 2 ** 32, lists[2] + lists[3] * 2 ** 32);
+    if ((own.guestCmd & PORT_CMD_FRE) !== 0) this.host.deviceWrite(base + PORT_CMD, (cmd & ~engine) | PORT_CMD_FRE);
+    if ((own.guestCmd & PORT_CMD_ST) !== 0) this.host.deviceWrite(base + PORT_CMD, (cmd & ~engine) | (own.guestCmd & engine));
+  }
+
   /** Stopping the engine or resetting the HBA clears the guest's commands, as the device does. */
   private dropCommands(port: number, reset: boolean): void {
     const shadow = this.ports[port]!;
@@ -748,7 +780,6 @@ export class AhciMediator {
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;
-      if (shadow.own) shadow.own.aborted = true;
     }
   }
 

@@ -69,6 +69,8 @@ interface Names {
   readonly ghc: string;
   readonly ghcIe: string;
   readonly ghcHr: string;
+  /** Port registers whose write resets the port when the named field is non-zero (COMRESET). */
+  readonly portResets: readonly { readonly register: string; readonly mask: string }[];
   readonly errorBit: string;
   readonly hostBusFatal: string;
   readonly overflow: string;
@@ -270,11 +272,19 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     ghcIe: R(fieldConst(m.interrupt.gate)),
     ghcHr: R(
       (() => {
-        const t = m.traps.find((x) => x.role === "reset") ?? fail("the slots family needs a reset trap");
+        const t =
+          m.traps.find((x) => x.role === "reset" && x.block === m.interrupt.summary.block) ??
+          fail("the slots family needs a reset trap on a host register (host.GHC.HR)");
         if (!t.field) fail("the reset trap must name its field (host.GHC.HR)");
         return `${constName(t.block)}_${constName(t.register)}_${constName(t.field)}`;
       })(),
     ),
+    portResets: m.traps
+      .filter((t) => t.role === "reset" && t.block === m.slots.block && t.access === "write")
+      .map((t) => {
+        if (!t.field) fail(`the reset trap on ${t.block}.${t.register} must name its field`);
+        return { register: R(`${P}_${constName(t.register)}`), mask: R(`${P}_${constName(t.register)}_${constName(t.field)}`) };
+      }),
     errorBit: R(fieldConst(m.error)),
     hostBusFatal: R(`${P}_${constName(m.interrupt.status.register)}_HBFS`),
     overflow: R(`${P}_${constName(m.interrupt.status.register)}_OFS`),
@@ -639,6 +649,12 @@ export class ${n.device}Mediator {
         return this.host.deviceWrite(offset, value);
       case ${n.cmd}:
         return this.writeCommand(port, value);
+${n.portResets.map((r) => `      case ${r.register}:
+        if ((value & ${r.mask}) !== 0) {
+          this.abortOwn(port, false);
+          this.dropCommands(port, true);
+        }
+        return this.host.deviceWrite(offset, value);`).join("\n")}
       default:
         return this.host.deviceWrite(offset, value);
     }
@@ -997,7 +1013,10 @@ export class ${n.device}Mediator {
 
   private writeGlobalControl(value: number): void {
     if ((value & ${n.ghcHr}) !== 0) {
-      for (let port = 0; port < ${n.P}_COUNT; port++) this.dropCommands(port, true);
+      for (let port = 0; port < ${n.P}_COUNT; port++) {
+        this.abortOwn(port, true);
+        this.dropCommands(port, true);
+      }
       this.emulatedHostIs = 0;
     }
     this.host.deviceWrite(${n.H}_BASE + ${n.ghc}, value);
@@ -1020,6 +1039,27 @@ export class ${n.device}Mediator {
     this.host.deviceWrite(this.portBase(port) + ${n.cmd}, value);
   }
 
+  /**
+   * A reset while the mediator's own command runs: the command is lost, and the guest's lists
+   * and engine bits go back at once (an HBA reset clears the lists anyway), before the reset.
+   */
+  private abortOwn(port: number, hbaReset: boolean): void {
+    const shadow = this.ports[port]!;
+    const own = shadow.own;
+    if (own === null) return;
+    own.aborted = true;
+    const lists = shadow.guestLists;
+    shadow.guestLists = null;
+    if (hbaReset || lists === null) return;
+    const base = this.portBase(port);
+    const engine = ${n.st} | ${n.fre};
+    const cmd = this.host.deviceRead(base + ${n.cmd});
+    this.host.deviceWrite(base + ${n.cmd}, cmd & ~engine);
+    this.installLists(port, lists[0] + lists[1] * 2 ** 32, lists[2] + lists[3] * 2 ** 32);
+    if ((own.guestCmd & ${n.fre}) !== 0) this.host.deviceWrite(base + ${n.cmd}, (cmd & ~engine) | ${n.fre});
+    if ((own.guestCmd & ${n.st}) !== 0) this.host.deviceWrite(base + ${n.cmd}, (cmd & ~engine) | (own.guestCmd & engine));
+  }
+
   /** Stopping the engine or resetting the HBA clears the guest's commands, as the device does. */
   private dropCommands(port: number, reset: boolean): void {
     const shadow = this.ports[port]!;
@@ -1036,7 +1076,6 @@ export class ${n.device}Mediator {
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;
-      if (shadow.own) shadow.own.aborted = true;
     }
   }
 

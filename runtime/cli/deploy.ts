@@ -43,9 +43,12 @@ export async function deployCommand(args: string[]): Promise<number> {
       onProgress: progress ? (p) => progress.update(p) : undefined,
       onEvent: (e) => {
         if (o.json) return;
-        if (e.type === "retry") process.stderr.write(`\nretrying: ${"error" in e ? e.error : ""}\n`);
-        if (e.type === "error") process.stderr.write(`\ndeployment error: ${e.error}\n`);
-        if (e.type === "reconnecting") process.stderr.write(`\nimage server: reconnecting (${e.error ?? ""})\n`);
+        if ("type" in e) {
+          if (e.type === "retry") process.stderr.write(`\nfetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}\n`);
+          if (e.type === "error") process.stderr.write(`\ndeployment error: ${e.error}\n`);
+        } else if (e.kind === "reconnecting" || e.kind === "timeout") {
+          process.stderr.write(`\nimage server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}\n`);
+        }
       },
     });
   } catch (error) {

@@ -1,8 +1,4 @@
-import { compileCommand } from "./compile.ts";
 import { CliError } from "./errors.ts";
-import { deployCommand } from "./deploy.ts";
-import { manifestCommand } from "./manifest.ts";
-import { replayCommand } from "./replay.ts";
 
 const USAGE = `medic — the MEDIator Compiler
 

@@ -116,7 +116,7 @@ export interface AhciGuestDriverOptions {
   readonly queueDepth?: number;
   /** Use READ/WRITE FPDMA QUEUED when the device and HBA support it (default true). */
   readonly ncq?: boolean;
-  /** Bytes of the bounce buffer of each tag (a multiple of 4 KiB; default up to 1 MiB, what fits). */
+  /** Bytes of the bounce buffer of each tag (a multiple of 512; default 256 KiB, or what fits). */
   readonly bounceBytes?: number;
   /** Guest RAM the driver allocates from: [memoryBase, memoryEnd) (default [1 MiB, RAM end)). */
   readonly memoryBase?: number;
@@ -199,7 +199,8 @@ export const MAX_PRDT_ENTRIES = 8;
 /** Largest command the driver builds: 32 MiB - 4 KiB, fits 8 PRDs, keeps split pieces 4 KiB aligned. */
 export const MAX_COMMAND_SECTORS = 65528;
 const TABLE_BYTES = COMMAND_TABLE_PRDT + MAX_PRDT_ENTRIES * PRD_ENTRY_SIZE;
-const DEFAULT_BOUNCE_BYTES = 1024 * 1024;
+/** 256 KiB per tag: 8 MiB of guest RAM for 32 tags; larger requests become several commands. */
+const DEFAULT_BOUNCE_BYTES = 256 * 1024;
 const PAGE = 4096;
 
 /** ATA status and error bits (ATA8-ACS). */
@@ -399,6 +400,10 @@ export class AhciGuestDriver {
   #deadReason: Error | null = null;
 
   readonly #tableScratch = new Uint8Array(TABLE_BYTES);
+  /** The scratch table up to the end of a PRDT of n entries, for n = 0..MAX_PRDT_ENTRIES. */
+  readonly #tableViews = Array.from({ length: MAX_PRDT_ENTRIES + 1 }, (_, n) =>
+    this.#tableScratch.subarray(0, COMMAND_TABLE_PRDT + n * PRD_ENTRY_SIZE),
+  );
   readonly #headerScratch = new Uint8Array(COMMAND_HEADER_SIZE);
   readonly #header: CommandHeader = { DW0: 0, PRDBC: 0, CTBA: 0, CTBAU: 0 };
   readonly #prd: PrdEntry = { DBA: 0, DBAU: 0, DW3: 0 };
@@ -966,7 +971,7 @@ export class AhciGuestDriver {
       prd.DW3 = (Math.min(MAX_PRD_BYTES, bytes - at) - 1) & PRD_ENTRY_DW3_DBC;
       encodePrdEntry(prd, scratch, COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE);
     }
-    mem.write(table, scratch.subarray(0, COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE));
+    mem.write(table, this.#tableViews[entries]!);
 
     // Command header: FIS length in dwords, direction, PRDT length; PRDBC back to 0.
     const header = this.#header;

@@ -715,14 +715,6 @@ function registerAccess(): Trace {
   t.expect(PxSERR, 0);
 
   t.comment(
-    "PxSACT is write-1-to-set (§3.3.13): set bit 7 without issuing a command; writing 0 does not clear it",
-  );
-  t.write(PxSACT, bit(7));
-  t.expect(PxSACT, bit(7));
-  t.write(PxSACT, 0);
-  t.expect(PxSACT, bit(7));
-
-  t.comment(
     "PxCI is write-1-to-set (§3.3.14): a command the device aborts (vendor-specific F0h, no data) stops the HBA with its PxCI bit still set (§5.3.16.5 ERR:FatalTaskfile, §6.2.2.1); writing 0 to PxCI does not clear it",
   );
   t.build({ slot: 2, fis: h2dFis({ command: ATA.VENDOR_F0 }), prds: [] });
@@ -731,6 +723,14 @@ function registerAccess(): Trace {
   t.expect(PxCI, bit(2), bit(2));
   t.write(PxCI, 0);
   t.expect(PxCI, bit(2), bit(2));
+  t.comment(
+    "PxSACT is write-1-to-set (§3.3.13): with the HBA halted, set bit 7 without issuing a command; writing 0 does not clear it",
+  );
+  t.write(PxSACT, bit(7));
+  t.expect(PxSACT, bit(7));
+  t.write(PxSACT, 0);
+  t.expect(PxSACT, bit(7));
+
   t.comment("only PxCMD.ST 1->0 clears PxCI and PxSACT (§3.3.13, §3.3.14)");
   t.recover();
 

@@ -1,7 +1,7 @@
 /**
  * The CLI as a user runs it: `node bin/medic.mjs compile|check ...` in a child process, checking
  * exit codes and what goes to stdout and stderr (diagnostics as FILE:LINE:COL: error: with a
- * caret line, never a stack trace).
+ * caret line, never a stack trace). The tests run concurrently: each starts its own process.
  */
 
 import { spawn } from "node:child_process";
@@ -48,7 +48,7 @@ function scratch(name: string): string {
   return dir.path;
 }
 
-function escape(text: string): string {
+function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
@@ -58,7 +58,7 @@ function expectNoStack(run: Run): void {
   expect(run.stderr).not.toMatch(/internal error/);
 }
 
-describe("medic compile --check", () => {
+describe.concurrent("medic compile --check", () => {
   it(
     "on the checked-in generated/ahci: exit 0, nothing on stdout",
     async () => {
@@ -93,7 +93,7 @@ describe("medic compile --check", () => {
   );
 });
 
-describe("medic compile", () => {
+describe.concurrent("medic compile", () => {
   it(
     "writes exactly the checked-in files into a fresh directory",
     async () => {
@@ -105,23 +105,28 @@ describe("medic compile", () => {
       const expected = readdirSync(join(root, "generated/ahci")).sort();
       expect(readdirSync(out).sort()).toEqual(expected);
       for (const f of expected)
-        expect(readFileSync(join(out, f), "utf8") === readFileSync(join(root, "generated/ahci", f), "utf8"), f).toBe(
-          true,
-        );
+        expect(
+          readFileSync(join(out, f), "utf8") === readFileSync(join(root, "generated/ahci", f), "utf8"),
+          f,
+        ).toBe(true);
     },
     SLOW,
   );
 
-  it("without --out: a one-line usage error, no stack trace", async () => {
-    const run = await medic("compile", "spec/ahci.med");
-    expect(run.code).not.toBe(0);
-    expect(run.stderr).toMatch(/--out/);
-    expect(run.stderr.trim().split("\n")).toHaveLength(1);
-    expectNoStack(run);
-  });
+  it(
+    "without --out: a one-line usage error, no stack trace",
+    async () => {
+      const run = await medic("compile", "spec/ahci.med");
+      expect(run.code).not.toBe(0);
+      expect(run.stderr).toMatch(/--out/);
+      expect(run.stderr.trim().split("\n")).toHaveLength(1);
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 });
 
-describe("medic check", () => {
+describe.concurrent("medic check", () => {
   it(
     "on spec/ahci.med: exit 0, nothing printed",
     async () => {
@@ -133,69 +138,89 @@ describe("medic check", () => {
     SLOW,
   );
 
-  it("on a broken spec: exit 1, FILE:LINE:COL: error: with the source line and a caret, no stack", async () => {
-    const file = join(scratch("broken"), "broken.med");
-    writeFileSync(
-      file,
-      [
-        'device d "broken" { vendor = 0x1234; device = 0x5678; }',
-        "",
-        "block host @ 0 size 0x100 {",
-        "  reg CAP @ 0x00 : rq {",
-        "    S64A [31] = 1;",
-        "  }",
-        "}",
-        "",
-      ].join("\n"),
-    );
-    const run = await medic("check", file);
-    expect(run.code).toBe(1);
-    expect(run.stdout).toBe("");
-    expect(run.stderr).toMatch(new RegExp(`^${escape(file)}:4:20: error: .*rq`, "m"));
-    const lines = run.stderr.split("\n");
-    const at = lines.findIndex((l) => l.startsWith(`${file}:4:20: error:`));
-    expect(lines[at + 1]).toContain("reg CAP @ 0x00 : rq {");
-    expect(lines[at + 2]).toMatch(/^\s*\^+\s*$/);
-    // The caret sits under the error's column, in the quoted line's indentation.
-    const quoted = lines[at + 1]!;
-    const caret = lines[at + 2]!.indexOf("^");
-    expect(quoted.slice(caret, caret + 2)).toBe("rq");
-    expectNoStack(run);
-  });
+  it(
+    "on a broken spec: exit 1, FILE:LINE:COL: error: with the source line and a caret, no stack",
+    async () => {
+      const file = join(scratch("broken"), "broken.med");
+      writeFileSync(
+        file,
+        [
+          'device d "broken" { vendor = 0x1234; device = 0x5678; }',
+          "",
+          "block host @ 0 size 0x100 {",
+          "  reg CAP @ 0x00 : rq {",
+          "    S64A [31] = 1;",
+          "  }",
+          "}",
+          "",
+        ].join("\n"),
+      );
+      const run = await medic("check", file);
+      expect(run.code).toBe(1);
+      expect(run.stdout).toBe("");
+      expect(run.stderr).toMatch(new RegExp(`^${escapeRegExp(file)}:4:20: error: .*rq`, "m"));
+      const lines = run.stderr.split("\n");
+      const at = lines.findIndex((l) => l.startsWith(`${file}:4:20: error:`));
+      expect(lines[at + 1]).toContain("reg CAP @ 0x00 : rq {");
+      expect(lines[at + 2]).toMatch(/^\s*\^+\s*$/);
+      // The caret sits under the error's column, in the quoted line's indentation.
+      const quoted = lines[at + 1]!;
+      const caret = lines[at + 2]!.indexOf("^");
+      expect(quoted.slice(caret, caret + 2)).toBe("rq");
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 
-  it("on several specs: each is checked, exit 1 if any fails", async () => {
-    const dir = scratch("several");
-    const bad = join(dir, "bad.med");
-    writeFileSync(bad, "device d { vendor = 1; device = 2; }\nenum E { X = ; }\n");
-    const run = await medic("check", "test/fixtures/specs/queue-device.med", bad);
-    expect(run.code).toBe(1);
-    expect(run.stderr).toMatch(new RegExp(`^${escape(bad)}:2:\\d+: error: `, "m"));
-    expect(run.stderr).not.toContain("queue-device.med");
-    expectNoStack(run);
-  });
+  it(
+    "on several specs: each is checked, exit 1 if any fails",
+    async () => {
+      const dir = scratch("several");
+      const bad = join(dir, "bad.med");
+      writeFileSync(bad, "device d { vendor = 1; device = 2; }\nenum E { X = ; }\n");
+      const run = await medic("check", "test/fixtures/specs/queue-device.med", bad);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(new RegExp(`^${escapeRegExp(bad)}:2:\\d+: error: `, "m"));
+      expect(run.stderr).not.toContain("queue-device.med");
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 
-  it("on a missing file: exit 1 with a clear message naming it", async () => {
-    const missing = join(scratch("missing"), "does-not-exist.med");
-    const run = await medic("check", missing);
-    expect(run.code).toBe(1);
-    expect(run.stdout).toBe("");
-    expect(run.stderr).toContain(missing);
-    expect(run.stderr).toMatch(/cannot read|no such file|not found/i);
-    expect(run.stderr.trim().split("\n")).toHaveLength(1);
-    expectNoStack(run);
-  });
+  it(
+    "on a missing file: exit 1 with a clear message naming it",
+    async () => {
+      const missing = join(scratch("missing"), "does-not-exist.med");
+      const run = await medic("check", missing);
+      expect(run.code).toBe(1);
+      expect(run.stdout).toBe("");
+      expect(run.stderr).toContain(missing);
+      expect(run.stderr).toMatch(/cannot read|no such file|not found/i);
+      expect(run.stderr.trim().split("\n")).toHaveLength(1);
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 
-  it("on a directory: exit 1, no stack", async () => {
-    const run = await medic("check", scratch("dir"));
-    expect(run.code).toBe(1);
-    expectNoStack(run);
-  });
+  it(
+    "on a directory: exit 1, no stack",
+    async () => {
+      const run = await medic("check", scratch("dir"));
+      expect(run.code).toBe(1);
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 
-  it("an unknown command: usage on stderr, non-zero exit", async () => {
-    const run = await medic("frobnicate");
-    expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain("unknown command 'frobnicate'");
-    expect(run.stderr).toContain("usage:");
-    expectNoStack(run);
-  });
+  it(
+    "an unknown command: usage on stderr, non-zero exit",
+    async () => {
+      const run = await medic("frobnicate");
+      expect(run.code).not.toBe(0);
+      expect(run.stderr).toContain("unknown command 'frobnicate'");
+      expect(run.stderr).toContain("usage:");
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 });

@@ -87,7 +87,8 @@ function constantBytes(s: StructModel, structs: ReadonlyMap<string, StructModel>
   const out = new Uint8Array(s.size);
   for (const m of s.members) {
     if (m.kind === "scalar" && m.constant) {
-      for (let b = 0; b < m.size; b++) out[m.offset + b] = Number((BigInt(m.constant.value) >> BigInt(8 * b)) & 0xffn);
+      for (let b = 0; b < m.size; b++)
+        out[m.offset + b] = Number((BigInt(m.constant.value) >> BigInt(8 * b)) & 0xffn);
     } else if (m.kind === "struct") {
       const inner = structs.get(m.struct)!;
       const bytes = constantBytes(inner, structs);
@@ -230,9 +231,13 @@ for (const { label, model, module } of devices) {
                   for (let i = 0; i < 8; i++) expect(offsetOf(i)).toBe(m.offset + i * element.size);
                   const buffer = new Uint8Array(m.offset + entries.length * element.size);
                   encode(head, buffer);
-                  entries.forEach((e, i) => encodeEntry(e, buffer, offsetOf(i)));
+                  entries.forEach((e, i) => {
+                    encodeEntry(e, buffer, offsetOf(i));
+                  });
                   expect(decode(buffer)).toEqual(head);
-                  entries.forEach((e, i) => expect(decodeEntry(buffer, offsetOf(i))).toEqual(e));
+                  entries.forEach((e, i) => {
+                    expect(decodeEntry(buffer, offsetOf(i))).toEqual(e);
+                  });
                 },
               ),
               { numRuns: 50 },

@@ -59,7 +59,10 @@ function readRaw(module: ModuleRecord, struct: StructModel, command: Struct, nam
 }
 
 /** The sector counts a command can carry, and how each is held in the raw field. */
-function countRange(c: CommandModel, width: number): { min: number; max: number; raw(sectors: number): number } {
+function countRange(
+  c: CommandModel,
+  width: number,
+): { min: number; max: number; raw(sectors: number): number } {
   const count = c.count!;
   const add = count.add ?? 0;
   if (count.zeroMeans > 0)
@@ -129,7 +132,9 @@ for (const { label, model, module } of devices) {
           const range = c.count ? countRange(c, countWidth) : null;
           const tagWidth = c.tag ? widthOf(struct, c.tag) : 0;
           const request = fc.record({
-            lba: lbaWidth ? fc.bigInt({ min: 0n, max: 2n ** BigInt(lbaWidth) - 1n }).map(Number) : fc.constant(0),
+            lba: lbaWidth
+              ? fc.bigInt({ min: 0n, max: 2n ** BigInt(lbaWidth) - 1n }).map(Number)
+              : fc.constant(0),
             sectors: range
               ? fc.oneof(
                   fc.integer({ min: range.min, max: range.max }),
@@ -147,9 +152,12 @@ for (const { label, model, module } of devices) {
               expect(command[set.member]).toBe(c.opcode);
               for (const p of set.presets) {
                 const member = struct.members.find((m) => m.name === p.member)!;
-                const field = member.kind === "scalar" ? member.fields.find((f) => f.name === p.field) : undefined;
+                const field =
+                  member.kind === "scalar" ? member.fields.find((f) => f.name === p.field) : undefined;
                 const raw = command[p.member] as number;
-                expect(field ? (raw & field.mask) >>> field.lsb : raw, `preset ${p.member}.${p.field}`).toBe(p.value);
+                expect(field ? (raw & field.mask) >>> field.lsb : raw, `preset ${p.member}.${p.field}`).toBe(
+                  p.value,
+                );
               }
 
               const decoded = decodeCommand(again);
@@ -165,7 +173,9 @@ for (const { label, model, module } of devices) {
                   expect(decoded.dma).toBe(c.transfer === "dma");
                   if (c.count) {
                     expect(decoded.sectors).toBe(r.sectors);
-                    expect(readRaw(module, struct, again, c.count.from), "raw count").toBe(range!.raw(r.sectors));
+                    expect(readRaw(module, struct, again, c.count.from), "raw count").toBe(
+                      range!.raw(r.sectors),
+                    );
                   }
                   if (c.lba) expect(readRaw(module, struct, again, c.lba)).toBe(r.lba);
                   break;
@@ -199,7 +209,10 @@ for (const { label, model, module } of devices) {
                 const command = decodeStruct(bytes);
                 command[set.member] = c.opcode;
                 const setter = struct.values.some((v) => v.name === c.count!.from)
-                  ? fn<(v: Struct, n: number) => void>(module, valueAccessorNames(struct.name, c.count!.from).set)
+                  ? fn<(v: Struct, n: number) => void>(
+                      module,
+                      valueAccessorNames(struct.name, c.count!.from).set,
+                    )
                   : (v: Struct, n: number) => {
                       v[c.count!.from] = n;
                     };
@@ -237,7 +250,8 @@ describe("ahci: ATA commands by hand", () => {
 
   it("READ DMA EXT of 65536 sectors: count 0, LBA low byte first, C and LBA mode set", () => {
     expect(fis("READ_DMA_EXT", { lba: 0x123456789abc, sectors: 65536 })).toEqual([
-      0x27, 0x80, 0x25, 0x00, 0xbc, 0x9a, 0x78, 0x40, 0x56, 0x34, 0x12, 0x00, 0x00, 0x00, 0x00, 0x00, 0, 0, 0, 0,
+      0x27, 0x80, 0x25, 0x00, 0xbc, 0x9a, 0x78, 0x40, 0x56, 0x34, 0x12, 0x00, 0x00, 0x00, 0x00, 0x00, 0, 0, 0,
+      0,
     ]);
     const decoded = ahci.decodeAtaCommand(ahci.encodeAtaCommand("READ_DMA_EXT", { lba: 1, sectors: 65536 }));
     expect(decoded).toEqual({
@@ -256,10 +270,12 @@ describe("ahci: ATA commands by hand", () => {
     expect(fis("WRITE_DMA", { lba: 0xabcdef1, sectors: 256 }).slice(0, 14)).toEqual([
       0x27, 0x80, 0xca, 0x00, 0xf1, 0xde, 0xbc, 0x4a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     ]);
-    expect(ahci.decodeAtaCommand(ahci.encodeAtaCommand("WRITE_DMA", { lba: 7, sectors: 256 }))).toMatchObject({
-      sectors: 256,
-      lba: 7,
-    });
+    expect(ahci.decodeAtaCommand(ahci.encodeAtaCommand("WRITE_DMA", { lba: 7, sectors: 256 }))).toMatchObject(
+      {
+        sectors: 256,
+        lba: 7,
+      },
+    );
   });
 
   it("READ FPDMA QUEUED: count in FEATURES, tag in COUNT[7:3]", () => {

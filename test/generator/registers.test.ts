@@ -66,7 +66,8 @@ class Model {
     for (const r of registers) this.raw.set(r.offset, r.reset);
   }
   resetRange(offset: number, size: number): void {
-    for (const r of registers) if (r.offset >= offset && r.offset < offset + size) this.raw.set(r.offset, r.reset);
+    for (const r of registers)
+      if (r.offset >= offset && r.offset < offset + size) this.raw.set(r.offset, r.reset);
   }
   get(offset: number): number {
     return this.raw.get(offset) ?? 0;
@@ -131,7 +132,13 @@ class Model {
 }
 
 type Step =
-  | { readonly op: "write"; readonly pick: number; readonly size: 1 | 2 | 4; readonly lane: number; readonly value: number }
+  | {
+      readonly op: "write";
+      readonly pick: number;
+      readonly size: 1 | 2 | 4;
+      readonly lane: number;
+      readonly value: number;
+    }
   | { readonly op: "set" | "setBits" | "clearBits"; readonly pick: number; readonly value: number }
   | { readonly op: "reset" }
   | { readonly op: "resetBlock"; readonly pick: number };
@@ -139,15 +146,34 @@ type Step =
 const u32 = fc.oneof(fc.nat({ max: 0xffffffff }), fc.constantFrom(0, 0xffffffff, 1, 0x80000000));
 const steps: fc.Arbitrary<Step[]> = fc.array(
   fc.oneof(
-    { weight: 6, arbitrary: fc.record({ op: fc.constant("write" as const), pick: fc.nat(), size: fc.constantFrom(1 as const, 2 as const, 4 as const), lane: fc.nat({ max: 3 }), value: u32 }) },
-    { weight: 2, arbitrary: fc.record({ op: fc.constantFrom("set" as const, "setBits" as const, "clearBits" as const), pick: fc.nat(), value: u32 }) },
+    {
+      weight: 6,
+      arbitrary: fc.record({
+        op: fc.constant("write" as const),
+        pick: fc.nat(),
+        size: fc.constantFrom(1 as const, 2 as const, 4 as const),
+        lane: fc.nat({ max: 3 }),
+        value: u32,
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        op: fc.constantFrom("set" as const, "setBits" as const, "clearBits" as const),
+        pick: fc.nat(),
+        value: u32,
+      }),
+    },
     { weight: 1, arbitrary: fc.constant({ op: "reset" as const }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant("resetBlock" as const), pick: fc.nat() }) },
   ),
   { minLength: 1, maxLength: 40 },
 );
 /** A few registers per run (so steps collide on them), drawn from all registers plus unmapped dwords. */
-const workingSet = fc.subarray([...registers.map((r) => r.offset), ...unmapped], { minLength: 1, maxLength: 6 });
+const workingSet = fc.subarray([...registers.map((r) => r.offset), ...unmapped], {
+  minLength: 1,
+  maxLength: 6,
+});
 
 /** The copies of every block, as [offset, size] ranges (a port reset, for example). */
 const blockRanges = model.blocks.flatMap((b) =>
@@ -159,8 +185,10 @@ function check(file: ahci.RegisterFile, m: Model, offsets: Iterable<number>): vo
     const name = byOffset.get(offset)?.name ?? `unmapped 0x${offset.toString(16)}`;
     if (byOffset.has(offset)) expect(file.get(offset), `get ${name}`).toBe(m.get(offset));
     expect(file.read(offset, 4), `read32 ${name}`).toBe(m.read(offset, 4));
-    for (const lane of [0, 2]) expect(file.read(offset + lane, 2), `read16 ${name}+${lane}`).toBe(m.read(offset + lane, 2));
-    for (const lane of [0, 1, 2, 3]) expect(file.read(offset + lane, 1), `read8 ${name}+${lane}`).toBe(m.read(offset + lane, 1));
+    for (const lane of [0, 2])
+      expect(file.read(offset + lane, 2), `read16 ${name}+${lane}`).toBe(m.read(offset + lane, 2));
+    for (const lane of [0, 1, 2, 3])
+      expect(file.read(offset + lane, 1), `read8 ${name}+${lane}`).toBe(m.read(offset + lane, 1));
   }
 }
 
@@ -209,7 +237,7 @@ describe("RegisterFile against the independent model", () => {
           switch (step.op) {
             case "write": {
               const base = pool[step.pick % pool.length]!;
-              const lane = step.size === 4 ? 0 : step.size === 2 ? (step.lane & 2) : step.lane;
+              const lane = step.size === 4 ? 0 : step.size === 2 ? step.lane & 2 : step.lane;
               const value = step.size === 4 ? step.value : step.value % 2 ** (step.size * 8);
               const before = m.get(base);
               const returned = file.write(base + lane, step.size, value);
@@ -245,7 +273,10 @@ describe("RegisterFile against the independent model", () => {
         check(
           file,
           m,
-          registers.filter((r) => !touched.has(r.offset)).slice(0, 40).map((r) => r.offset),
+          registers
+            .filter((r) => !touched.has(r.offset))
+            .slice(0, 40)
+            .map((r) => r.offset),
         );
       }),
       { numRuns: 300 },
@@ -254,8 +285,10 @@ describe("RegisterFile against the independent model", () => {
 
   it("registerName names every register at each of its byte offsets, and nothing else", () => {
     for (const r of registers)
-      for (const lane of [0, 1, 2, 3]) expect(ahci.registerName(r.offset + lane), `0x${r.offset.toString(16)}`).toBe(r.name);
-    for (const offset of unmapped) expect(ahci.registerName(offset), `0x${offset.toString(16)}`).toBeUndefined();
+      for (const lane of [0, 1, 2, 3])
+        expect(ahci.registerName(r.offset + lane), `0x${r.offset.toString(16)}`).toBe(r.name);
+    for (const offset of unmapped)
+      expect(ahci.registerName(offset), `0x${offset.toString(16)}`).toBeUndefined();
     expect(ahci.registerName(-4)).toBeUndefined();
   });
 });

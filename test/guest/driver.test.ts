@@ -286,6 +286,27 @@ describe.each(MODES)("AhciGuestDriver ($name)", ({ mediated }) => {
   });
 });
 
+describe("AhciGuestDriver across de-virtualization", () => {
+  it("keeps working after the VMM drops its traps and turns off, with no exits after", async () => {
+    const { machine, driver } = await boot({ disks: [patternDisk(65536)], mediated: true });
+    await Promise.all(Array.from({ length: 64 }, (_, i) => driver.read(i * 8, 8)));
+    await driver.write(100, new Uint8Array(4096).fill(0x5a));
+    await driver.idle();
+    expect(machine.devirtualize()).toBe(true);
+    const exits = machine.host.stats.exits;
+    const reads = await Promise.all(Array.from({ length: 64 }, (_, i) => driver.read(i * 8 + 1000, 8)));
+    reads.forEach((d, i) => {
+      expect(checkLbaPattern(d, i * 8 + 1000)).toBe(-1);
+    });
+    expect((await driver.read(100, 8)).every((b) => b === 0x5a)).toBe(true);
+    await driver.flush();
+    await expect(driver.read(65536, 8)).rejects.toThrow(AhciCommandError);
+    expect(checkLbaPattern(await driver.read(8, 8), 8)).toBe(-1);
+    expect(machine.host.stats.exits).toBe(exits);
+    expect(machine.host.stats.exitsAfterOff).toBe(0);
+  });
+});
+
 describe("AhciGuestDriver start-up failures", () => {
   it("refuses a port the HBA does not implement", async () => {
     const machine = new Machine({ disks: [new MemoryBackend(64)] });
@@ -302,11 +323,11 @@ describe("AhciGuestDriver start-up failures", () => {
 
   it("drives the second port of a two-disk HBA beside the first", async () => {
     const machine = new Machine({ disks: [patternDisk(4096), new MemoryBackend(8192)] });
-    const first = await AhciGuestDriver.open(machine, { port: 0 });
+    const first = await AhciGuestDriver.open(machine, { port: 0, memoryEnd: 48 * 1024 * 1024 });
     const second = await AhciGuestDriver.open(machine, {
       port: 1,
       resetHba: false,
-      memoryBase: 40 * 1024 * 1024,
+      memoryBase: first.allocator.end, // above everything the first driver may use
       bounceBytes: 64 * 1024,
     });
     expect(second.sectors).toBe(8192);

@@ -40,17 +40,34 @@ describe.skipIf(skip)("Linux on v86", () => {
   it(
     "probes the fake AHCI controller and runs the initramfs",
     async () => {
-      const dev = new FakeAhci();
+      const dev = new FakeAhci(true);
       const machine = await startV86Machine({
         vmlinuz: guest.vmlinuz,
         initrd: guest.initrd,
         cmdline: linuxCmdline({ rootwait: 3 }),
         memoryMiB: 256,
         pciDevice: dev,
+        stopOnPowerOff: false,
       });
       const guard = setTimeout(() => void machine.stop(), BOOT_TIMEOUT_MS - 10_000);
       const end = await machine.done;
       clearTimeout(guard);
+
+      // DMA against the halted guest's RAM: the kernel's banner is in memory, and a write reads back.
+      const platform = dev.platform!;
+      expect(platform.ramBytes).toBe(256 * 1024 * 1024);
+      const banner = new TextEncoder().encode("Linux version 6.1.");
+      let found = -1;
+      for (let base = 0; base < 64 << 20 && found < 0; base += 1 << 20) {
+        const chunk = platform.dmaRead(base, (1 << 20) + banner.length);
+        found = Buffer.from(chunk).indexOf(Buffer.from(banner));
+        if (found >= 0) found += base;
+      }
+      expect(found).toBeGreaterThan(0);
+      const pattern = Uint8Array.from({ length: 4096 }, (_, i) => (i * 7 + 3) & 0xff);
+      platform.dmaWrite(0x00200000, pattern);
+      expect(platform.dmaRead(0x00200000, 4096)).toEqual(pattern);
+      expect(() => platform.dmaRead(platform.ramBytes - 2, 4)).toThrow(RangeError);
       await machine.stop();
       const text = machine.lines.map((l) => l.text).join("\n");
       const phases = bootPhases(machine.lines);
@@ -75,6 +92,10 @@ describe.skipIf(skip)("Linux on v86", () => {
       // SeaBIOS and Linux read the capability registers and wrote GHC.
       for (const off of [0x00, 0x04, 0x0c, 0x10]) expect(dev.touched.has(off)).toBe(true);
       expect(dev.writes).toBeGreaterThan(0);
+      // The interrupt raised when Linux set GHC.IE reached its handler, which cleared IS.
+      expect(dev.irqsRaised).toBeGreaterThan(0);
+      expect(machine.stats.irqRaises).toBeGreaterThan(0);
+      expect(dev.irqsAcked).toBe(dev.irqsRaised);
       expect(machine.currentIrq()).toBe(-1);
     },
     BOOT_TIMEOUT_MS,

@@ -24,9 +24,18 @@ export class FakeAhci implements PciMmioDevice {
   is = 0;
   reads = 0;
   writes = 0;
+  /** Interrupts asserted (see {@link pokeIrqOnEnable}) and later cleared by the guest writing IS. */
+  irqsRaised = 0;
+  irqsAcked = 0;
   /** Offsets touched, for the test's curiosity. */
   readonly touched = new Set<number>();
   platform: PciPlatform | undefined;
+
+  /**
+   * @param pokeIrqOnEnable when the guest sets GHC.IE, latch IS bit 0 and assert INTA#; the line drops
+   *   when the guest clears IS (as Linux's ahci interrupt handler does). Proves interrupt delivery.
+   */
+  constructor(readonly pokeIrqOnEnable = false) {}
 
   attach(platform: PciPlatform): void {
     this.platform = platform;
@@ -66,9 +75,23 @@ export class FakeAhci implements PciMmioDevice {
     const merge = (old: number): number => ((old & ~mask) | ((value << shift) & mask)) >>> 0;
     if (aligned === 0x04) {
       // GHC: HR (bit 0) completes at once; IE (bit 1) is kept; AE (bit 31) is fixed at 1.
+      const wasEnabled = (this.ghc & 0x2) !== 0;
       this.ghc = (merge(this.ghc) & 0x2) | 0x80000000;
+      if ((merge(0) & 0x1) !== 0) this.is = 0; // HR resets IS
+      if (this.pokeIrqOnEnable && !wasEnabled && (this.ghc & 0x2) !== 0) {
+        this.is |= 1;
+        this.irqsRaised++;
+      }
+      this.updateIrq();
     } else if (aligned === 0x08) {
-      this.is &= ~merge(0); // write 1 to clear
+      const before = this.is;
+      this.is = (this.is & ~merge(0)) >>> 0; // write 1 to clear
+      if (before !== 0 && this.is === 0) this.irqsAcked++;
+      this.updateIrq();
     }
+  }
+
+  private updateIrq(): void {
+    this.platform?.setIrq(this.is !== 0 && (this.ghc & 0x2) !== 0);
   }
 }
