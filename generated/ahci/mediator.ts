@@ -342,6 +342,9 @@ export class AhciMediator {
         return;
       case PORT_IS:
         return this.writePortIs(port, value);
+      case PORT_IE:
+        this.host.deviceWrite(offset, value);
+        return this.raise(port);
       case PORT_CLB:
       case PORT_CLBU:
       case PORT_FB:
@@ -669,13 +672,23 @@ export class AhciMediator {
     return (visible | shadow.emulatedIs) >>> 0;
   }
 
+  /**
+   * The summary register as the guest sees it: the device's bits (less those of the mediator's
+   * own commands) and the latched bits of emulated completions, which re-latch, as the device's
+   * do, while the port's emulated status is enabled.
+   */
   private guestHostIs(): number {
-    let device = this.host.deviceRead(HOST_BASE + HOST_IS);
+    let summary = this.host.deviceRead(HOST_BASE + HOST_IS);
     for (let port = 0; port < PORT_COUNT; port++) {
-      const own = this.ports[port]!.own;
-      if (own) device &= ~((1 << port) & ~own.hostIsBefore);
+      const shadow = this.ports[port]!;
+      if (shadow.own === null && shadow.emulatedIs === 0) continue;
+      const bit = 1 << port;
+      const enabled = this.host.deviceRead(this.portBase(port) + PORT_IE);
+      // While the mediator's command runs, the port's bit is what the guest's own status makes it.
+      if (shadow.own) summary = (summary & ~bit) | (shadow.own.hostIsBefore & bit);
+      if ((this.guestPortIs(port) & enabled) !== 0) summary |= bit;
     }
-    return (device | this.emulatedHostIs) >>> 0;
+    return (summary | this.emulatedHostIs) >>> 0;
   }
 
   /** An emulated completion raised status bits: latch the summary bit if enabled, update the line. */

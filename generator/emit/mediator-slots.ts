@@ -283,7 +283,10 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
       .filter((t) => t.role === "reset" && t.block === m.slots.block && t.access === "write")
       .map((t) => {
         if (!t.field) fail(`the reset trap on ${t.block}.${t.register} must name its field`);
-        return { register: R(`${P}_${constName(t.register)}`), mask: R(`${P}_${constName(t.register)}_${constName(t.field)}`) };
+        return {
+          register: R(`${P}_${constName(t.register)}`),
+          mask: R(`${P}_${constName(t.register)}_${constName(t.field)}`),
+        };
       }),
     errorBit: R(fieldConst(m.error)),
     hostBusFatal: R(`${P}_${constName(m.interrupt.status.register)}_HBFS`),
@@ -638,6 +641,9 @@ export class ${n.device}Mediator {
         return;
       case ${n.is}:
         return this.writePortIs(port, value);
+      case ${n.ie}:
+        this.host.deviceWrite(offset, value);
+        return this.raise(port);
       case ${n.clb}:
       case ${n.clbu}:
       case ${n.fb}:
@@ -649,12 +655,16 @@ export class ${n.device}Mediator {
         return this.host.deviceWrite(offset, value);
       case ${n.cmd}:
         return this.writeCommand(port, value);
-${n.portResets.map((r) => `      case ${r.register}:
+${n.portResets
+  .map(
+    (r) => `      case ${r.register}:
         if ((value & ${r.mask}) !== 0) {
           this.abortOwn(port, false);
           this.dropCommands(port, true);
         }
-        return this.host.deviceWrite(offset, value);`).join("\n")}
+        return this.host.deviceWrite(offset, value);`,
+  )
+  .join("\n")}
       default:
         return this.host.deviceWrite(offset, value);
     }
@@ -965,13 +975,23 @@ ${n.portResets.map((r) => `      case ${r.register}:
     return (visible | shadow.emulatedIs) >>> 0;
   }
 
+  /**
+   * The summary register as the guest sees it: the device's bits (less those of the mediator's
+   * own commands) and the latched bits of emulated completions, which re-latch, as the device's
+   * do, while the port's emulated status is enabled.
+   */
   private guestHostIs(): number {
-    let device = this.host.deviceRead(${n.H}_BASE + ${n.hostIs});
+    let summary = this.host.deviceRead(${n.H}_BASE + ${n.hostIs});
     for (let port = 0; port < ${n.P}_COUNT; port++) {
-      const own = this.ports[port]!.own;
-      if (own) device &= ~((1 << port) & ~own.hostIsBefore);
+      const shadow = this.ports[port]!;
+      if (shadow.own === null && shadow.emulatedIs === 0) continue;
+      const bit = 1 << port;
+      const enabled = this.host.deviceRead(this.portBase(port) + ${n.ie});
+      // While the mediator's command runs, the port's bit is what the guest's own status makes it.
+      if (shadow.own) summary = (summary & ~bit) | (shadow.own.hostIsBefore & bit);
+      if ((this.guestPortIs(port) & enabled) !== 0) summary |= bit;
     }
-    return (device | this.emulatedHostIs) >>> 0;
+    return (summary | this.emulatedHostIs) >>> 0;
   }
 
   /** An emulated completion raised status bits: latch the summary bit if enabled, update the line. */

@@ -24,7 +24,9 @@ export async function deployCommand(args: string[]): Promise<number> {
   const manifest = o.manifest ? await loadManifest(o.manifest) : null;
   const blockBytes = o.blockBytes ?? manifest?.blockSize;
   if (manifest && blockBytes !== manifest.blockSize) {
-    throw new CliError(`--block-size ${blockBytes} differs from the manifest's block size ${manifest.blockSize}`);
+    throw new CliError(
+      `--block-size ${blockBytes} differs from the manifest's block size ${manifest.blockSize}`,
+    );
   }
   const workload = await resolveWorkload(o.workload);
   const progress = o.json ? null : progressPrinter(process.stderr);
@@ -44,10 +46,13 @@ export async function deployCommand(args: string[]): Promise<number> {
       onEvent: (e) => {
         if (o.json) return;
         if ("type" in e) {
-          if (e.type === "retry") process.stderr.write(`\nfetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}\n`);
+          if (e.type === "retry")
+            process.stderr.write(`\nfetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}\n`);
           if (e.type === "error") process.stderr.write(`\ndeployment error: ${e.error}\n`);
         } else if (e.kind === "reconnecting" || e.kind === "timeout") {
-          process.stderr.write(`\nimage server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}\n`);
+          process.stderr.write(
+            `\nimage server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}\n`,
+          );
         }
       },
     });
@@ -57,14 +62,19 @@ export async function deployCommand(args: string[]): Promise<number> {
   }
   try {
     if (session.resumed && !o.json) {
-      process.stderr.write(`resuming: ${formatBytes(session.engine.localBytes)} of ${formatBytes(session.engine.totalBytes)} already local\n`);
+      process.stderr.write(
+        `resuming: ${formatBytes(session.engine.localBytes)} of ${formatBytes(session.engine.totalBytes)} already local\n`,
+      );
     }
     let summary: DeploySummary;
     try {
       summary = await session.run();
     } catch (error) {
       progress?.done();
-      throw new CliError(`the deployment stopped: ${error instanceof Error ? error.message : String(error)}`, 1);
+      throw new CliError(
+        `the deployment stopped: ${error instanceof Error ? error.message : String(error)}`,
+        1,
+      );
     }
     progress?.done();
     let bad: number[] = [];
@@ -83,11 +93,19 @@ export async function deployCommand(args: string[]): Promise<number> {
 function printSummary(s: DeploySummary, bad: readonly number[]): void {
   const lines = [
     `image ${formatBytes(s.image_bytes)}: fetched ${formatBytes(s.bytes_fetched)} (redirected to the guest ${formatBytes(s.bytes_redirected)}, background ${formatBytes(s.bytes_background)})${s.resumed ? `, ${formatBytes(s.local_bytes_at_start)} was already local` : ""}`,
-    s.os_ready_ms !== null ? `guest workload finished at ${formatMs(s.os_ready_ms)} (${s.guest_reads} reads, ${s.guest_writes} writes)` : "",
+    s.os_ready_ms !== null
+      ? `guest workload finished at ${formatMs(s.os_ready_ms)} (${s.guest_reads} reads, ${s.guest_writes} writes)`
+      : "",
     s.deploy_done_ms !== null ? `every block local at ${formatMs(s.deploy_done_ms)}` : "",
-    s.devirtualized_at_ms !== null ? `de-virtualized at ${formatMs(s.devirtualized_at_ms)}: ${s.exits_total} VM exits before, ${s.exits_after_devirt} after` : "",
+    s.devirtualized_at_ms !== null
+      ? `de-virtualized at ${formatMs(s.devirtualized_at_ms)}: ${s.exits_total} VM exits before, ${s.exits_after_devirt} after`
+      : "",
     ...s.guest_errors.map((e) => `guest error: ${e}`),
-    s.verified === null ? "" : s.verified ? "verify: the disk equals the image plus the guest's writes" : `verify: FAILED at sectors ${bad.join(", ")}`,
+    s.verified === null
+      ? ""
+      : s.verified
+        ? "verify: the disk equals the image plus the guest's writes"
+        : `verify: FAILED at sectors ${bad.join(", ")}`,
   ];
   process.stderr.write(`${lines.filter(Boolean).join("\n")}\n`);
 }
@@ -104,7 +122,9 @@ async function loadManifest(path: string): Promise<Manifest> {
   try {
     return parseManifest(await readFile(path, "utf8"));
   } catch (error) {
-    throw new CliError(`cannot use the manifest ${path}: ${error instanceof Error ? error.message : String(error)}`);
+    throw new CliError(
+      `cannot use the manifest ${path}: ${error instanceof Error ? error.message : String(error)}`,
+    );
   }
 }
 

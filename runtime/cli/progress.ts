@@ -4,7 +4,10 @@ import type { DeployProgress } from "../deploy/session.ts";
  * Deployment progress for people: a live bar on a terminal, plain lines elsewhere (CI logs,
  * pipes), at most one line per `lineEveryMs` or per 10 % of progress.
  */
-export function progressPrinter(stream: NodeJS.WriteStream, lineEveryMs = 2000): {
+export function progressPrinter(
+  stream: NodeJS.WriteStream,
+  lineEveryMs = 2000,
+): {
   update(p: DeployProgress): void;
   done(): void;
 } {
@@ -24,7 +27,8 @@ export function progressPrinter(stream: NodeJS.WriteStream, lineEveryMs = 2000):
       }
       previous = { atMs: p.atMs, bytes: p.localBytes };
       const fraction = p.totalBytes === 0 ? 1 : p.localBytes / p.totalBytes;
-      const eta = rate > 0 && fraction < 1 ? `ETA ${formatMs(((p.totalBytes - p.localBytes) / rate) * 1000)}` : "";
+      const eta =
+        rate > 0 && fraction < 1 ? `ETA ${formatMs(((p.totalBytes - p.localBytes) / rate) * 1000)}` : "";
       const guest = p.guestDoneAtMs === null ? "" : `guest ready at ${formatMs(p.guestDoneAtMs)}`;
       const text = [
         `${formatBytes(p.localBytes)} / ${formatBytes(p.totalBytes)} local`,
@@ -38,7 +42,9 @@ export function progressPrinter(stream: NodeJS.WriteStream, lineEveryMs = 2000):
       if (tty) {
         const width = 30;
         const filled = Math.round(fraction * width);
-        stream.write(`\r\x1b[2K[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(fraction * 100).toFixed(1).padStart(5)}%  ${text}`);
+        stream.write(
+          `\r\x1b[2K[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(fraction * 100).toFixed(1).padStart(5)}%  ${text}`,
+        );
         return;
       }
       const tenth = Math.floor(fraction * 10);

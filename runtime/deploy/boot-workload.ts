@@ -31,7 +31,8 @@ export function bootWorkload(options: BootWorkloadOptions = {}): Workload {
         if (r.op !== "write") continue;
         const data = new Uint8Array(r.sectors * SECTOR_SIZE);
         fillLbaPattern(data, r.lba);
-        for (let i = 0; i < r.sectors; i++) written.set(r.lba + i, data.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE));
+        for (let i = 0; i < r.sectors; i++)
+          written.set(r.lba + i, data.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE));
       }
       return { reads: stats.reads, writes: stats.writes, written, errors: [...stats.errorMessages] };
     },

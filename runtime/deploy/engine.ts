@@ -264,6 +264,7 @@ export class DeploymentEngine {
 
   private interpretRead(request: BlockRequest): Decision {
     const [first, last] = this.span(request);
+    if (this.beyondImage(request)) return this.landThenPass(first, last);
     let onDisk = 0;
     let fromImage = 0;
     for (let b = first; b <= last; b++) {
@@ -279,6 +280,20 @@ export class DeploymentEngine {
       return { action: "complete", result: this.redirect(request, first, last) };
     }
     // Some blocks are local (perhaps written by the guest): land the rest, then let the device read.
+    this.stats.deferredCommands++;
+    return { action: "defer", until: this.landAll(first, last).then(() => ({ action: "pass" }) as const) };
+  }
+
+  /**
+   * A request that runs past the end of the image goes to the device, which answers it as it
+   * answers any such request (an error past the disk's end); the image's part lands first.
+   */
+  private beyondImage(request: BlockRequest): boolean {
+    return request.lba + request.sectors > this.o.image.sectors;
+  }
+
+  private landThenPass(first: number, last: number): Decision {
+    if (first > last) return { action: "pass" };
     this.stats.deferredCommands++;
     return { action: "defer", until: this.landAll(first, last).then(() => ({ action: "pass" }) as const) };
   }
@@ -302,6 +317,7 @@ export class DeploymentEngine {
 
   private interpretWrite(request: BlockRequest): Decision {
     const [first, last] = this.span(request);
+    if (this.beyondImage(request)) return this.landThenPass(first, last);
     const waitFor: number[] = [];
     for (let b = first; b <= last; b++) {
       const s = this.state[b]!;

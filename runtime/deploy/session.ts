@@ -92,7 +92,8 @@ export class DeploySession {
     return {
       machine: this.machine,
       readDisk: (lba, count) => this.engine.readAsGuest(lba, count, (l, c) => this.disk.read(l, c)),
-      guestIdle: () => !this.machine.controller.busy && (!this.machine.host.on || this.machine.mediator!.guestIdle()),
+      guestIdle: () =>
+        !this.machine.controller.busy && (!this.machine.host.on || this.machine.mediator!.guestIdle()),
       finish: () => this.engine.finished(),
       close: async () => {},
     };
@@ -122,7 +123,11 @@ export class DeploySession {
             latency: options.latencyMs ?? 0,
           })
         : source;
-    const identity = { blockBytes, imageSectors: source.sectors, imageTag: `${source.description}:${imageBytes}` };
+    const identity = {
+      blockBytes,
+      imageSectors: source.sectors,
+      imageTag: `${source.description}:${imageBytes}`,
+    };
     let loaded: Awaited<ReturnType<typeof LocalBitmap.load>>;
     try {
       loaded = await LocalBitmap.load(`${options.disk}.medic-bitmap`, identity);
@@ -260,7 +265,11 @@ async function openDisk(path: string, imageSectors: number): Promise<FileBackend
     exists = false;
   }
   try {
-    return await FileBackend.open(path, { writable: true, create: !exists, sectors: exists ? undefined : imageSectors });
+    return await FileBackend.open(path, {
+      writable: true,
+      create: !exists,
+      sectors: exists ? undefined : imageSectors,
+    });
   } catch (error) {
     throw new DeployError(`cannot open the disk ${path} for writing: ${messageOf(error)}`);
   }

@@ -22,7 +22,8 @@ async function traceWorkload(path: string): Promise<Workload> {
   try {
     trace = parseTrace(text, path);
   } catch (error) {
-    if (error instanceof TraceError) throw new Error(`${path}:${error.line}: malformed trace: ${error.message}`);
+    if (error instanceof TraceError)
+      throw new Error(`${path}:${error.line}: malformed trace: ${error.message}`);
     throw error;
   }
   return {

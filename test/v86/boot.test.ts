@@ -30,6 +30,12 @@ function checkPrerequisites(): void {
   }
 }
 
+/** CPU seconds this process used since `from` (the emulator is single-threaded): less load-dependent than wall time. */
+function cpuSeconds(from: NodeJS.CpuUsage): string {
+  const d = process.cpuUsage(from);
+  return ((d.user + d.system) / 1e6).toFixed(1);
+}
+
 describe.skipIf(skip)("Linux on v86", () => {
   let guest: GuestAssets;
   beforeAll(async () => {
@@ -41,6 +47,7 @@ describe.skipIf(skip)("Linux on v86", () => {
     "probes the fake AHCI controller and runs the initramfs",
     async () => {
       const dev = new FakeAhci(true);
+      const cpu0 = process.cpuUsage();
       const machine = await startV86Machine({
         vmlinuz: guest.vmlinuz,
         initrd: guest.initrd,
@@ -72,7 +79,8 @@ describe.skipIf(skip)("Linux on v86", () => {
       const text = machine.lines.map((l) => l.text).join("\n");
       const phases = bootPhases(machine.lines);
       console.log(
-        `fake-ahci boot: ${formatBootPhases(phases)} end=${end.reason}@${(end.tMs / 1000).toFixed(1)}s`,
+        `fake-ahci boot: ${formatBootPhases(phases)} end=${end.reason}@${(end.tMs / 1000).toFixed(1)}s ` +
+          `cpu=${cpuSeconds(cpu0)}s`,
       );
       console.log(
         `fake-ahci device: ${dev.reads} reads, ${dev.writes} writes, stats ${JSON.stringify(machine.stats)}`,
@@ -110,6 +118,7 @@ describe.skipIf(skip)("Linux on v86", () => {
         extraModules: ["ata_piix"],
         log: (l) => console.log(l),
       });
+      const cpu0 = process.cpuUsage();
       const machine = await startV86Machine({
         vmlinuz: ide.vmlinuz,
         initrd: ide.initrd,
@@ -123,7 +132,10 @@ describe.skipIf(skip)("Linux on v86", () => {
       await machine.stop();
       const text = machine.lines.map((l) => l.text).join("\n");
       const phases = bootPhases(machine.lines);
-      console.log(`ide boot: ${formatBootPhases(phases)} end=${end.reason}@${(end.tMs / 1000).toFixed(1)}s`);
+      console.log(
+        `ide boot: ${formatBootPhases(phases)} end=${end.reason}@${(end.tMs / 1000).toFixed(1)}s ` +
+          `cpu=${cpuSeconds(cpu0)}s`,
+      );
 
       expect(phases.errors).toEqual([]);
       expect(text).toMatch(new RegExp(`^MEDIC-GUEST-READ files=${ide.manifest.dataFiles.length} `, "m"));

@@ -163,12 +163,14 @@ describe("kernel command line and phases", () => {
 
   it("reads milestones off the console", () => {
     const p = bootPhases([
+      { text: "Probing EDD (edd=off to disable)... ok", tMs: 1500 },
       { text: "[    0.000000] Linux version 6.1.0", tMs: 9000 },
       { text: "[   10.500000] Run /init as init process", tMs: 20000 },
       { text: "MEDIC-INITRAMFS start t=10.6", tMs: 20100 },
       { text: "MEDIC-GUEST-ERROR checksum /data/x: FAILED", tMs: 30000 },
     ]);
-    expect(p.kernelEntryMs).toBe(9500);
+    expect(p.setupMs).toBe(1500);
+    expect(p.kernelMs).toBe(9000);
     expect(p.initMs).toBe(20000);
     expect(p.initramfsStartMs).toBe(20100);
     expect(p.errors).toHaveLength(1);

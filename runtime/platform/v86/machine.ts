@@ -111,6 +111,8 @@ export function linuxCmdline(
 ): string {
   const args = [
     "console=ttyS0,115200",
+    // Also print from the very start (real-mode setup, decompressor, early kernel) for boot-phase timing.
+    "earlyprintk=serial,ttyS0,115200",
     // v86 has no ACPI tables by default and no APIC unless ACPI is on: keep Linux on the PIC and the
     // SeaBIOS $PIR table for PCI interrupt routing.
     "acpi=off",
@@ -240,7 +242,13 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
     acpi: false,
   }) as unknown as V86Emulator;
 
-  await new Promise<void>((resolve) => emulator.add_listener("emulator-loaded", () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("v86 did not load within 60 s")), 60_000);
+    emulator.add_listener("emulator-loaded", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
   const cpu = emulator.v86.cpu;
   const ramBytes = cpu.memory_size[0]! >>> 0;
 

@@ -9,10 +9,13 @@ export interface ConsoleLine {
 }
 
 export interface BootPhases {
-  /** Wall time at which the kernel's clock read 0 (SeaBIOS + the bzImage's own XZ decompression). */
-  kernelEntryMs?: number;
-  /** The kernel's console came up (first "[    0.000000]"-style line). */
-  consoleMs?: number;
+  /** SeaBIOS handed over to the kernel's real-mode setup ("Probing EDD", needs `earlyprintk`). */
+  setupMs?: number;
+  /**
+   * First kernel log line on the console: with `earlyprintk` the kernel proper is running (after the
+   * bzImage's XZ decompression); without it, the real console just registered (a few kernel-seconds on).
+   */
+  kernelMs?: number;
   /** "Run /init as init process". */
   initMs?: number;
   initramfsStartMs?: number;
@@ -35,13 +38,9 @@ const KERNEL_TS = /^\[\s*(\d+\.\d+)\]/;
 export function bootPhases(lines: readonly ConsoleLine[]): BootPhases {
   const phases: BootPhases = { errors: [] };
   const first = (re: RegExp): number | undefined => lines.find((l) => re.test(l.text))?.tMs;
-  phases.consoleMs = first(KERNEL_TS);
-  const init = lines.find((l) => /Run \/init as init process/.test(l.text));
-  if (init) {
-    phases.initMs = init.tMs;
-    const ts = KERNEL_TS.exec(init.text)?.[1];
-    if (ts) phases.kernelEntryMs = Math.max(0, init.tMs - Number(ts) * 1000);
-  }
+  phases.setupMs = first(/^Probing EDD/);
+  phases.kernelMs = first(KERNEL_TS);
+  phases.initMs = first(/Run \/init as init process/);
   phases.initramfsStartMs = first(/^MEDIC-INITRAMFS start/);
   phases.modulesLoadedMs = first(/^MEDIC-INITRAMFS modules loaded/);
   phases.rootDiskMs = first(/^MEDIC-INITRAMFS root disk/);
