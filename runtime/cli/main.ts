@@ -21,8 +21,7 @@ const commands: Record<string, Command> = {
   replay: async (args) => (await import("./replay.ts")).replayCommand(args),
   deploy: async (args) => (await import("./deploy.ts")).deployCommand(args),
   manifest: async (args) => (await import("./manifest.ts")).manifestCommand(args),
-  start: async (args) =>
-    (await import("./compile.ts")).compileCommand(["spec/ahci.med", "--summary", ...args], "check"),
+  start: async (args) => (await import("./start.ts")).startCommand(args),
   help: async () => {
     process.stdout.write(USAGE);
     return 0;

@@ -10,15 +10,43 @@
  * copy of every block, sizes 1/2/4 aligned), device-side changes and resets, and compares read(),
  * get() and write()'s return value after every step for every touched register. Spot checks use
  * hand values from the AHCI 1.3.1 specification.
+ *
+ * Run for the checked-in AHCI output and for the queue-device spec (write-only doorbells, w1s/w1c
+ * interrupt masks), compiled at run time into a temporary directory.
  */
 
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import * as ahci from "../../generated/ahci/index.ts";
-import type { AccessKind, FieldModel } from "../../generator/model.ts";
-import { AHCI_SPEC, modelOf } from "./helpers.ts";
+import type { AccessKind, DeviceModel, FieldModel } from "../../generator/model.ts";
+import {
+  AHCI_SPEC,
+  compileFile,
+  importFile,
+  type ModuleRecord,
+  modelOf,
+  QUEUE_SPEC,
+  tempDir,
+  writeFiles,
+} from "./helpers.ts";
 
-const model = modelOf(AHCI_SPEC);
+/** What the tests use of a generated RegisterFile. */
+interface RegisterFileLike {
+  reset(): void;
+  read(offset: number, size: number): number;
+  write(offset: number, size: number, value: number): number;
+  get(offset: number): number;
+  set(offset: number, value: number): void;
+  setBits(offset: number, bits: number): void;
+  clearBits(offset: number, bits: number): void;
+  resetRange(offset: number, size: number): void;
+}
+
+const queueDir = tempDir("registers-queue");
+afterAll(() => queueDir.remove());
+const queueCompiled = compileFile(QUEUE_SPEC);
+writeFiles(queueDir.path, queueCompiled.files);
+const queueModule = await importFile<ModuleRecord>(`${queueDir.path}/index.ts`);
 
 /** One register at its absolute offset in the window, with the access kind of each of its 32 bits. */
 interface Reg {
@@ -38,35 +66,48 @@ function resetOf(fields: readonly FieldModel[]): number {
   return fields.reduce((value, f) => value + f.reset * 2 ** f.lsb, 0);
 }
 
-const registers: Reg[] = model.blocks.flatMap((block) =>
-  Array.from({ length: block.count }, (_, copy) =>
-    block.registers.map((r) => ({
-      name: block.count > 1 ? `${block.name}${copy}.${r.name}` : `${block.name}.${r.name}`,
-      offset: block.offset + copy * block.stride + r.offset,
-      reset: resetOf(r.fields),
-      bits: bitsOf(r.fields),
-    })),
-  ).flat(),
-);
-const byOffset = new Map(registers.map((r) => [r.offset, r]));
+/** Every register of every copy of every block, and the dwords that hold none. */
+class Layout {
+  readonly registers: readonly Reg[];
+  readonly byOffset: ReadonlyMap<number, Reg>;
+  readonly unmapped: readonly number[];
+  /** The copies of every block, as [offset, size] ranges (a port reset, for example). */
+  readonly blockRanges: readonly (readonly [number, number])[];
 
-/** Dword offsets in (and just past) the window that hold no register. */
-const unmapped: number[] = [];
-for (let offset = 0; offset < model.identity.barSize + 16; offset += 4)
-  if (!byOffset.has(offset) && unmapped.length < 40 && offset % 12 === 0) unmapped.push(offset);
-unmapped.push(model.identity.barSize, model.identity.barSize + 4);
+  constructor(readonly model: DeviceModel) {
+    this.registers = model.blocks.flatMap((block) =>
+      Array.from({ length: block.count }, (_, copy) =>
+        block.registers.map((r) => ({
+          name: block.count > 1 ? `${block.name}${copy}.${r.name}` : `${block.name}.${r.name}`,
+          offset: block.offset + copy * block.stride + r.offset,
+          reset: resetOf(r.fields),
+          bits: bitsOf(r.fields),
+        })),
+      ).flat(),
+    );
+    this.byOffset = new Map(this.registers.map((r) => [r.offset, r]));
+    const unmapped: number[] = [];
+    for (let offset = 0; offset < model.identity.barSize; offset += 4)
+      if (!this.byOffset.has(offset) && unmapped.length < 40 && offset % 12 === 0) unmapped.push(offset);
+    unmapped.push(model.identity.barSize, model.identity.barSize + 4);
+    this.unmapped = unmapped;
+    this.blockRanges = model.blocks.flatMap((b) =>
+      Array.from({ length: b.count }, (_, i) => [b.offset + i * b.stride, b.size] as const),
+    );
+  }
+}
 
 /** The independent model: raw values of the registers; unmapped dwords read 0. */
 class Model {
   readonly raw = new Map<number, number>();
-  constructor() {
+  constructor(private readonly layout: Layout) {
     this.reset();
   }
   reset(): void {
-    for (const r of registers) this.raw.set(r.offset, r.reset);
+    for (const r of this.layout.registers) this.raw.set(r.offset, r.reset);
   }
   resetRange(offset: number, size: number): void {
-    for (const r of registers)
+    for (const r of this.layout.registers)
       if (r.offset >= offset && r.offset < offset + size) this.raw.set(r.offset, r.reset);
   }
   get(offset: number): number {
@@ -75,7 +116,7 @@ class Model {
   /** Software write: per bit of the written lanes, by the access kind of the bit. */
   write(offset: number, size: number, value: number): void {
     const base = offset & ~3;
-    const reg = byOffset.get(base);
+    const reg = this.layout.byOffset.get(base);
     if (reg === undefined) return;
     let next = this.get(base);
     const firstBit = (offset - base) * 8;
@@ -107,7 +148,7 @@ class Model {
   /** Software read: wo and reserved bits read 0. */
   read(offset: number, size: number): number {
     const base = offset & ~3;
-    const reg = byOffset.get(base);
+    const reg = this.layout.byOffset.get(base);
     if (reg === undefined) return 0;
     const raw = this.get(base);
     let out = 0;
@@ -121,13 +162,13 @@ class Model {
     return out;
   }
   set(offset: number, value: number): void {
-    if (byOffset.has(offset)) this.raw.set(offset, value >>> 0);
+    if (this.layout.byOffset.has(offset)) this.raw.set(offset, value >>> 0);
   }
   setBits(offset: number, bits: number): void {
-    if (byOffset.has(offset)) this.raw.set(offset, (this.get(offset) | bits) >>> 0);
+    if (this.layout.byOffset.has(offset)) this.raw.set(offset, (this.get(offset) | bits) >>> 0);
   }
   clearBits(offset: number, bits: number): void {
-    if (byOffset.has(offset)) this.raw.set(offset, (this.get(offset) & ~bits) >>> 0);
+    if (this.layout.byOffset.has(offset)) this.raw.set(offset, (this.get(offset) & ~bits) >>> 0);
   }
 }
 
@@ -169,21 +210,11 @@ const steps: fc.Arbitrary<Step[]> = fc.array(
   ),
   { minLength: 1, maxLength: 40 },
 );
-/** A few registers per run (so steps collide on them), drawn from all registers plus unmapped dwords. */
-const workingSet = fc.subarray([...registers.map((r) => r.offset), ...unmapped], {
-  minLength: 1,
-  maxLength: 6,
-});
 
-/** The copies of every block, as [offset, size] ranges (a port reset, for example). */
-const blockRanges = model.blocks.flatMap((b) =>
-  Array.from({ length: b.count }, (_, i) => [b.offset + i * b.stride, b.size] as const),
-);
-
-function check(file: ahci.RegisterFile, m: Model, offsets: Iterable<number>): void {
+function check(file: RegisterFileLike, m: Model, layout: Layout, offsets: Iterable<number>): void {
   for (const offset of offsets) {
-    const name = byOffset.get(offset)?.name ?? `unmapped 0x${offset.toString(16)}`;
-    if (byOffset.has(offset)) expect(file.get(offset), `get ${name}`).toBe(m.get(offset));
+    const name = layout.byOffset.get(offset)?.name ?? `unmapped 0x${offset.toString(16)}`;
+    if (layout.byOffset.has(offset)) expect(file.get(offset), `get ${name}`).toBe(m.get(offset));
     expect(file.read(offset, 4), `read32 ${name}`).toBe(m.read(offset, 4));
     for (const lane of [0, 2])
       expect(file.read(offset + lane, 2), `read16 ${name}+${lane}`).toBe(m.read(offset + lane, 2));
@@ -192,108 +223,149 @@ function check(file: ahci.RegisterFile, m: Model, offsets: Iterable<number>): vo
   }
 }
 
-describe("the independent model agrees with the checked model's own masks", () => {
-  it("every register is 32 bits wide and dword aligned", () => {
-    for (const b of model.blocks)
-      for (const r of b.registers) {
-        expect(r.width, `${b.name}.${r.name}`).toBe(32);
-        expect(r.offset % 4, `${b.name}.${r.name}`).toBe(0);
-      }
+const devices: readonly { label: string; model: DeviceModel; module: ModuleRecord }[] = [
+  { label: "ahci", model: modelOf(AHCI_SPEC), module: ahci as unknown as ModuleRecord },
+  { label: "queue-device", model: queueCompiled.model!, module: queueModule },
+];
+
+for (const { label, model, module } of devices) {
+  const layout = new Layout(model);
+  const RegisterFile = module.RegisterFile as new () => RegisterFileLike;
+  const registerName = module.registerName as (offset: number) => string | undefined;
+  /** A few registers per run (so steps collide on them), drawn from all registers plus unmapped dwords. */
+  const workingSet = fc.subarray([...layout.registers.map((r) => r.offset), ...layout.unmapped], {
+    minLength: 1,
+    maxLength: 6,
   });
 
-  it("reset values and access masks follow from the fields", () => {
-    for (const b of model.blocks)
-      for (const r of b.registers) {
-        const bits = bitsOf(r.fields);
-        const mask = (kind: AccessKind) => bits.reduce((m, k, i) => (k === kind ? m + 2 ** i : m), 0);
-        expect(r.reset, `${b.name}.${r.name} reset`).toBe(resetOf(r.fields));
-        expect(
-          [r.masks.ro, r.masks.rw, r.masks.w1c, r.masks.w1s, r.masks.wo, r.masks.reserved],
-          `${b.name}.${r.name} masks`,
-        ).toEqual([mask("ro"), mask("rw"), mask("w1c"), mask("w1s"), mask("wo"), mask("rsvd")]);
-        const selfclear = r.fields.filter((f) => f.selfclear).reduce((m, f) => m + f.mask, 0);
-        expect(r.masks.selfclear >>> 0, `${b.name}.${r.name} selfclear`).toBe(selfclear);
-      }
-  });
-
-  it("there are 11 host registers and 17 per port, 32 ports", () => {
-    expect(registers.length).toBe(11 + 32 * 17);
-  });
-});
-
-describe("RegisterFile against the independent model", () => {
-  it("after construction every register reads its reset value, unmapped dwords read 0", () => {
-    const file = new ahci.RegisterFile();
-    check(file, new Model(), [...registers.map((r) => r.offset), ...unmapped]);
-  });
-
-  it("random writes, device changes and resets: read() matches after every step", () => {
-    fc.assert(
-      fc.property(workingSet, steps, (pool, sequence) => {
-        const file = new ahci.RegisterFile();
-        const m = new Model();
-        const touched = new Set<number>();
-        for (const step of sequence) {
-          switch (step.op) {
-            case "write": {
-              const base = pool[step.pick % pool.length]!;
-              const lane = step.size === 4 ? 0 : step.size === 2 ? step.lane & 2 : step.lane;
-              const value = step.size === 4 ? step.value : step.value % 2 ** (step.size * 8);
-              const before = m.get(base);
-              const returned = file.write(base + lane, step.size, value);
-              if (byOffset.has(base)) expect(returned, "write returns the value before").toBe(before);
-              m.write(base + lane, step.size, value);
-              touched.add(base);
-              break;
-            }
-            case "set":
-            case "setBits":
-            case "clearBits": {
-              const base = pool[step.pick % pool.length]!;
-              if (!byOffset.has(base)) break; // the device side is defined for registers only
-              file[step.op](base, step.value);
-              m[step.op](base, step.value);
-              touched.add(base);
-              break;
-            }
-            case "reset":
-              file.reset();
-              m.reset();
-              break;
-            case "resetBlock": {
-              const [offset, size] = blockRanges[step.pick % blockRanges.length]!;
-              file.resetRange(offset, size);
-              m.resetRange(offset, size);
-              break;
-            }
-          }
-          check(file, m, touched);
+  describe(`${label}: the independent model agrees with the checked model's own masks`, () => {
+    it("every register is 32 bits wide and dword aligned", () => {
+      for (const b of model.blocks)
+        for (const r of b.registers) {
+          expect(r.width, `${b.name}.${r.name}`).toBe(32);
+          expect(r.offset % 4, `${b.name}.${r.name}`).toBe(0);
         }
-        // Registers nobody touched still read their reset values.
-        check(
-          file,
-          m,
-          registers
-            .filter((r) => !touched.has(r.offset))
-            .slice(0, 40)
-            .map((r) => r.offset),
-        );
-      }),
-      { numRuns: 300 },
-    );
+    });
+
+    it("reset values and access masks follow from the fields", () => {
+      for (const b of model.blocks)
+        for (const r of b.registers) {
+          const bits = bitsOf(r.fields);
+          const mask = (kind: AccessKind) => bits.reduce((m, k, i) => (k === kind ? m + 2 ** i : m), 0);
+          expect(r.reset, `${b.name}.${r.name} reset`).toBe(resetOf(r.fields));
+          expect(
+            [r.masks.ro, r.masks.rw, r.masks.w1c, r.masks.w1s, r.masks.wo, r.masks.reserved],
+            `${b.name}.${r.name} masks`,
+          ).toEqual([mask("ro"), mask("rw"), mask("w1c"), mask("w1s"), mask("wo"), mask("rsvd")]);
+          const selfclear = r.fields.filter((f) => f.selfclear).reduce((m, f) => m + f.mask, 0);
+          expect(r.masks.selfclear >>> 0, `${b.name}.${r.name} selfclear`).toBe(selfclear);
+        }
+    });
   });
 
-  it("registerName names every register at each of its byte offsets, and nothing else", () => {
-    for (const r of registers)
-      for (const lane of [0, 1, 2, 3])
-        expect(ahci.registerName(r.offset + lane), `0x${r.offset.toString(16)}`).toBe(r.name);
-    for (const offset of unmapped)
-      expect(ahci.registerName(offset), `0x${offset.toString(16)}`).toBeUndefined();
-    expect(ahci.registerName(-4)).toBeUndefined();
+  describe(`${label}: RegisterFile against the independent model`, () => {
+    it("after construction every register reads its reset value, unmapped dwords read 0", () => {
+      check(new RegisterFile(), new Model(layout), layout, [
+        ...layout.registers.map((r) => r.offset),
+        ...layout.unmapped,
+      ]);
+    });
+
+    it("random writes, device changes and resets: read() matches after every step", () => {
+      fc.assert(
+        fc.property(workingSet, steps, (pool, sequence) => {
+          const file = new RegisterFile();
+          const m = new Model(layout);
+          const touched = new Set<number>();
+          for (const step of sequence) {
+            switch (step.op) {
+              case "write": {
+                const base = pool[step.pick % pool.length]!;
+                const lane = step.size === 4 ? 0 : step.size === 2 ? step.lane & 2 : step.lane;
+                const value = step.size === 4 ? step.value : step.value % 2 ** (step.size * 8);
+                const before = m.get(base);
+                const returned = file.write(base + lane, step.size, value);
+                if (layout.byOffset.has(base))
+                  expect(returned, "write returns the value before").toBe(before);
+                m.write(base + lane, step.size, value);
+                touched.add(base);
+                break;
+              }
+              case "set":
+              case "setBits":
+              case "clearBits": {
+                const base = pool[step.pick % pool.length]!;
+                if (!layout.byOffset.has(base)) break; // the device side is defined for registers only
+                file[step.op](base, step.value);
+                m[step.op](base, step.value);
+                touched.add(base);
+                break;
+              }
+              case "reset":
+                file.reset();
+                m.reset();
+                break;
+              case "resetBlock": {
+                const [offset, size] = layout.blockRanges[step.pick % layout.blockRanges.length]!;
+                file.resetRange(offset, size);
+                m.resetRange(offset, size);
+                break;
+              }
+            }
+            check(file, m, layout, touched);
+          }
+          // Registers nobody touched still read their reset values.
+          check(
+            file,
+            m,
+            layout,
+            layout.registers
+              .filter((r) => !touched.has(r.offset))
+              .slice(0, 40)
+              .map((r) => r.offset),
+          );
+        }),
+        { numRuns: 300 },
+      );
+    });
+
+    it("registerName names every register at each of its byte offsets, and nothing else", () => {
+      for (const r of layout.registers)
+        for (const lane of [0, 1, 2, 3])
+          expect(registerName(r.offset + lane), `0x${r.offset.toString(16)}`).toBe(r.name);
+      for (const offset of layout.unmapped)
+        expect(registerName(offset), `0x${offset.toString(16)}`).toBeUndefined();
+      expect(registerName(-4)).toBeUndefined();
+    });
+  });
+}
+
+describe("queue-device by hand", () => {
+  const file = () => new (queueModule.RegisterFile as new () => RegisterFileLike)();
+
+  it("doorbells are write-only: a write is stored but reads 0", () => {
+    const f = file();
+    f.write(0x1000 + 8 * 3, 4, 0x1234);
+    expect(f.read(0x1000 + 8 * 3, 4)).toBe(0);
+    expect(f.get(0x1000 + 8 * 3)).toBe(0x1234);
+    expect(f.read(0x1000 + 8 * 3 + 4, 4)).toBe(0);
+  });
+
+  it("CAP reset is TO=0x20, CQR=1, MQES=0x3FF; CSTS.NSSRO is w1c inside a ro register", () => {
+    const f = file();
+    expect(f.read(0x00, 4)).toBe(0x200103ff);
+    f.set(0x1c, 0x1f);
+    f.write(0x1c, 4, 0xffffffff);
+    expect(f.read(0x1c, 4)).toBe(0x0f);
   });
 });
 
 describe("AHCI 1.3.1 hand values", () => {
+  it("there are 11 host registers and 17 per port, 32 ports", () => {
+    const layout = new Layout(modelOf(AHCI_SPEC));
+    expect(layout.registers.length).toBe(11 + 32 * 17);
+  });
+
   const PORT = (i: number, reg: number) => 0x100 + i * 0x80 + reg;
 
   it("CAP resets to 0xC9349F00 and ignores writes", () => {
