@@ -68,7 +68,13 @@ export interface PowerOffEvent {
 
 export interface SerialLine {
   text: string;
+  /** Wall-clock ms since `run()`. */
   tMs: number;
+  /**
+   * CPU ms this Node process used since `run()` (user + system). The emulator is single-threaded, so on
+   * a busy host this tracks the guest's progress better than wall time.
+   */
+  cpuMs: number;
 }
 
 export interface V86MachineStats {
@@ -267,6 +273,12 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
   let partial = "";
   let t0 = 0;
   const now = (): number => (t0 === 0 ? 0 : performance.now() - t0);
+  let cpu0: NodeJS.CpuUsage | undefined;
+  const cpuNow = (): number => {
+    if (!cpu0) return 0;
+    const d = process.cpuUsage(cpu0);
+    return (d.user + d.system) / 1000;
+  };
 
   let finished = false;
   let stopped = false;
@@ -296,7 +308,7 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
 
   let panicTimer: NodeJS.Timeout | undefined;
   const onLine = (text: string): void => {
-    const line = { text, tMs: now() };
+    const line = { text, tMs: now(), cpuMs: cpuNow() };
     lines.push(line);
     options.onSerial?.(text, line.tMs);
     for (let i = lineWaiters.length - 1; i >= 0; i--) {
@@ -444,6 +456,7 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
   }
 
   t0 = performance.now();
+  cpu0 = process.cpuUsage();
   await emulator.run();
 
   return {

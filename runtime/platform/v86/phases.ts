@@ -6,6 +6,7 @@
 export interface ConsoleLine {
   text: string;
   tMs: number;
+  cpuMs?: number;
 }
 
 export interface BootPhases {
@@ -35,9 +36,16 @@ export interface BootPhases {
 
 const KERNEL_TS = /^\[\s*(\d+\.\d+)\]/;
 
-export function bootPhases(lines: readonly ConsoleLine[]): BootPhases {
+/**
+ * @param clock "wall": the lines' `tMs`; "cpu": their `cpuMs` (the emulator process's CPU time, which is
+ *   what a boot costs on an idle host).
+ */
+export function bootPhases(lines: readonly ConsoleLine[], clock: "wall" | "cpu" = "wall"): BootPhases {
   const phases: BootPhases = { errors: [] };
-  const first = (re: RegExp): number | undefined => lines.find((l) => re.test(l.text))?.tMs;
+  const first = (re: RegExp): number | undefined => {
+    const l = lines.find((x) => re.test(x.text));
+    return l === undefined ? undefined : clock === "cpu" ? l.cpuMs : l.tMs;
+  };
   phases.setupMs = first(/^Probing EDD/);
   phases.kernelMs = first(KERNEL_TS);
   phases.initMs = first(/Run \/init as init process/);
