@@ -132,6 +132,12 @@ export interface AhciGuestDriverOptions {
    * with false, the interrupt is taken at once (a microtask after the device's store).
    */
   readonly coalesceInterrupts?: boolean;
+  /**
+   * Doorbell batching (default true): commands built in the same burst (one handler pass, one
+   * caller's loop) are issued with one PxSACT and one PxCI store carrying all their bits, at the
+   * end of the burst (a microtask). false: one PxSACT + PxCI pair per command, as libahci does.
+   */
+  readonly batchDoorbells?: boolean;
 }
 
 /** Counters the driver keeps (cheap increments on the hot path). */
@@ -354,6 +360,7 @@ export class AhciGuestDriver {
   readonly #options: AhciGuestDriverOptions;
   readonly #interrupts: boolean;
   readonly #coalesce: boolean;
+  readonly #batch: boolean;
   readonly #pollMs: number;
   readonly #timeoutMs: number;
   readonly #abar: number;
@@ -395,6 +402,10 @@ export class AhciGuestDriver {
   #seq = 0;
   #idleWaiters: (() => void)[] = [];
   #irqScheduled = false;
+  /** Built but not yet issued: the next doorbell's PxSACT and PxCI bits. */
+  #ringSact = 0;
+  #ringCi = 0;
+  #ringScheduled = false;
   #polling = false;
   #unsubscribe: (() => void) | null = null;
   #deadReason: Error | null = null;
@@ -416,6 +427,7 @@ export class AhciGuestDriver {
     this.clock = platform.clock;
     this.#interrupts = options.interrupts ?? true;
     this.#coalesce = options.coalesceInterrupts ?? true;
+    this.#batch = options.batchDoorbells ?? true;
     this.#pollMs = options.pollIntervalMs ?? (platform.clock.virtual ? 0.01 : 0);
     this.#timeoutMs = options.timeoutMs ?? 1000;
     this.#abar = platform.abar;
@@ -993,12 +1005,38 @@ export class AhciGuestDriver {
     if (command.queued) {
       this.stats.queuedCommands++;
       this.#activeQueued |= bit;
-      this.#w(this.#regs.sact, bit);
     } else {
       this.#activeOther |= bit;
     }
-    this.#w(this.#regs.ci, bit);
+    if (this.#batch) {
+      if (command.queued) this.#ringSact |= bit;
+      this.#ringCi |= bit;
+      if (!this.#ringScheduled) {
+        this.#ringScheduled = true;
+        queueMicrotask(this.#ring);
+      }
+    } else {
+      if (command.queued) this.#w(this.#regs.sact, bit);
+      this.#w(this.#regs.ci, bit);
+    }
     if (!this.#interrupts) void this.#pollLoop();
+  }
+
+  /** The doorbell: PxSACT (the queued tags) then PxCI, for everything built since the last one. */
+  readonly #ring = (): void => {
+    this.#ringScheduled = false;
+    const sact = this.#ringSact;
+    const ci = this.#ringCi;
+    this.#ringSact = 0;
+    this.#ringCi = 0;
+    if (ci === 0 || this.#state !== STATE_READY) return;
+    if (sact !== 0) this.#w(this.#regs.sact, sact >>> 0);
+    this.#w(this.#regs.ci, ci >>> 0);
+  };
+
+  /** Tags on the device: active ones minus those still waiting for the doorbell. */
+  #onDevice(active: number): number {
+    return active & ~this.#ringCi;
   }
 
   #produce(command: Command, buffer: number, bytes: number): void {
@@ -1067,10 +1105,12 @@ export class AhciGuestDriver {
 
   #reap(): void {
     let done = 0;
-    if (this.#activeQueued !== 0) {
-      done = this.#activeQueued & ~this.#r(this.#regs.sact);
-    } else if (this.#activeOther !== 0) {
-      done = this.#activeOther & ~this.#r(this.#regs.ci);
+    const queued = this.#onDevice(this.#activeQueued);
+    const other = this.#onDevice(this.#activeOther);
+    if (queued !== 0) {
+      done = queued & ~this.#r(this.#regs.sact);
+    } else if (other !== 0) {
+      done = other & ~this.#r(this.#regs.ci);
     }
     while (done !== 0) {
       const lowest = done & -done;
@@ -1161,8 +1201,10 @@ export class AhciGuestDriver {
     const fis = { status: d2h.STATUS, error: d2h.ERROR };
     // Commands that completed before the error finish normally.
     let done = 0;
-    if (this.#activeQueued !== 0) done |= this.#activeQueued & ~this.#r(this.#regs.sact);
-    if (this.#activeOther !== 0) done |= this.#activeOther & ~this.#r(this.#regs.ci);
+    const queued = this.#onDevice(this.#activeQueued);
+    const other = this.#onDevice(this.#activeOther);
+    if (queued !== 0) done |= queued & ~this.#r(this.#regs.sact);
+    if (other !== 0) done |= other & ~this.#r(this.#regs.ci);
     while (done !== 0) {
       const lowest = done & -done;
       done ^= lowest;
@@ -1178,6 +1220,9 @@ export class AhciGuestDriver {
       this.#free |= (1 << tag) >>> 0;
     }
     victims.sort((a, b) => a.seq - b.seq);
+    // Commands whose doorbell has not rung never reach the device: they go with the victims.
+    this.#ringSact = 0;
+    this.#ringCi = 0;
     this.#activeQueued = 0;
     this.#activeOther = 0;
     this.#inFlight = 0;

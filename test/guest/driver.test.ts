@@ -128,6 +128,23 @@ describe.each(MODES)("AhciGuestDriver ($name)", ({ mediated }) => {
     expect(driver.stats.queuedCommands).toBe(256);
   });
 
+  it("issues one PxSACT/PxCI pair per command in libahci style, and batches them by default", async () => {
+    const perCommand = async (options: AhciGuestDriverOptions) => {
+      const probe = new ProbeDisk(patternDisk(65536));
+      const { driver } = await boot({ disks: [probe], mediated }, options);
+      const writesBefore = driver.stats.mmioWrites;
+      const data = await Promise.all(Array.from({ length: 320 }, (_, i) => driver.read(i * 8, 8)));
+      expect(data.map((d, i) => checkLbaPattern(d, i * 8))).toEqual(data.map(() => -1));
+      expect(probe.maxSact).toBe(32);
+      return (driver.stats.mmioWrites - writesBefore) / 320;
+    };
+    const libahci = await perCommand({ coalesceInterrupts: false, batchDoorbells: false });
+    // SACT + CI per command, PxIS + IS per interrupt, one interrupt per command.
+    expect(libahci).toBeCloseTo(4, 1);
+    const batched = await perCommand({});
+    expect(batched).toBeLessThan(0.5);
+  });
+
   it("runs commands concurrently inside the controller (virtual clock, slow disk)", async () => {
     const clock = new VirtualClock();
     const probe = new ProbeDisk(patternDisk(65536), (ms) => clock.sleep(ms), 5);
