@@ -27,7 +27,11 @@ describe("emulated AHCI controller: known bugs", () => {
     const clock = new VirtualClock();
     const machine = new Machine({ disks: [patternDisk(1024)], clock });
     // Polling every second of virtual time: the guest looks only after the device is done.
-    const driver = await AhciGuestDriver.open(machine, { interrupts: false, pollIntervalMs: 1000 });
+    const driver = await AhciGuestDriver.open(machine, {
+      interrupts: false,
+      pollIntervalMs: 1000,
+      batchDoorbells: false,
+    });
     const reads = [driver.read(0, 8), driver.read(2000, 8), driver.read(8, 8)]; // tags 0, 1 (bad), 2
     const settled = Promise.allSettled(reads);
     await machine.controller.idle();

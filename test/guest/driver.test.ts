@@ -5,6 +5,7 @@ import {
   AhciCommandError,
   AhciDriverError,
   AhciGuestDriver,
+  type AhciGuestDriverOptions,
   DEFAULT_PORT_IE,
 } from "../../runtime/guest/driver.ts";
 import { mulberry32 } from "../../runtime/guest/workloads.ts";
