@@ -520,7 +520,8 @@ export class DeploymentEngine {
         const queue = urgent ? this.urgentQueue : this.backgroundQueue;
         const first = queue.shift();
         if (first === undefined) {
-          if (this.bytesSinceFlush > 0) await this.ownFlush();
+          // Flush when the copy pauses (nothing more on its way), not after every burst.
+          if (this.bytesSinceFlush > 0 && this.inFlightFetches === 0) await this.ownFlush();
           break;
         }
         if (this.state[first] !== State.Cached) continue;

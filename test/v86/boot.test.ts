@@ -106,6 +106,10 @@ describe.skipIf(skip)("Linux on v86", () => {
       expect(machine.stats.irqRaises).toBeGreaterThan(0);
       expect(dev.irqsAcked).toBe(dev.irqsRaised);
       expect(machine.currentIrq()).toBe(-1);
+      // SeaBIOS assigned INTA of slot 5 to IRQ 10 (PIRQ link A) and left the command register enabled.
+      const cfg = machine.pciConfig()!;
+      expect(cfg[0x3c]).toBe(10);
+      expect(cfg[0x3d]).toBe(1);
     },
     BOOT_TIMEOUT_MS,
   );

@@ -6,6 +6,7 @@
  * v86 internals used (all reached through `emulator.v86.cpu` after `emulator-loaded`):
  *   cpu.devices.pci.register_device({pci_id, pci_space, pci_bars, name})   PCI config space
  *   cpu.devices.pci.device_spaces[pci_id]                                  live config space (Int32Array)
+ *   cpu.devices.pci.isa_bridge_space8[0x60..0x63]                          PIIX3 PIRQ routing (PIRQRC)
  *   cpu.io.mmap_register(base, size, r8, w8, r32, w32)                    MMIO, 128 KiB granularity
  *   cpu.read_blob(addr, len) / cpu.write_blob(bytes, addr)                 DMA (write_blob keeps the JIT coherent)
  *   cpu.device_raise_irq(irq) / cpu.device_lower_irq(irq)                  the PIC line (level, ELCR)
@@ -99,8 +100,10 @@ export interface V86Machine {
   /** Type into ttyS0. */
   sendSerial(text: string): void;
   readonly stats: Readonly<V86MachineStats>;
-  /** The IRQ (from the config space's interrupt line) the device's INTA# is delivered on, or -1. */
+  /** The IRQ the device's INTA# is currently asserted on (after PIRQ routing), or -1 when deasserted. */
   currentIrq(): number;
+  /** A copy of the device's live PCI config space (as firmware and OS left it), if there is a device. */
+  pciConfig(): Uint8Array | undefined;
   /** Stop and free the emulator. Idempotent. */
   stop(): Promise<void>;
 }
@@ -198,6 +201,8 @@ interface V86Pci {
     name: string;
   }): Int32Array;
   device_spaces: (Int32Array | undefined)[];
+  /** The PIIX3 ISA bridge's config space (PIRQRC[A-D] at 0x60-0x63). */
+  isa_bridge_space8: Uint8Array;
 }
 interface V86Emulator {
   v86: { cpu: V86Cpu };
@@ -342,6 +347,7 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
 
   // ---- the PCI device ----
   let currentIrq = -1;
+  let liveConfig: Uint8Array | undefined;
   if (options.pciDevice) {
     const dev = options.pciDevice;
     const space = buildPciConfigSpace(dev);
@@ -356,7 +362,7 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
     });
     const liveSpace = cpu.devices.pci.device_spaces[dev.pciId];
     if (!liveSpace) throw new Error("v86 did not register the PCI device");
-    const liveBytes = new Uint8Array(liveSpace.buffer, liveSpace.byteOffset, 256);
+    liveConfig = new Uint8Array(liveSpace.buffer, liveSpace.byteOffset, 256);
 
     const base = dev.barBase >>> 0;
     const winBase = base - (base % MMIO_GRANULARITY);
@@ -412,14 +418,19 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
       },
     );
 
-    // INTA#: delivered on the IRQ the firmware/OS wrote into the interrupt line register (SeaBIOS
-    // assigns it from the PIIX PIRQ routing; Linux reads it back). v86's own pci.raise_irq derives the
-    // IRQ with a formula that agrees with SeaBIOS only for some slots, so it is not used.
+    // INTA# goes through the PIIX3 PIRQ router as on real hardware: link (pin-1 + slot-1) & 3 (the
+    // swizzle v86's pci.raise_irq and SeaBIOS use), IRQ = the ISA bridge's PIRQRC register 0x60+link,
+    // which SeaBIOS programs (10, 10, 11, 11). The IRQ actually raised is remembered, so lowering is
+    // right even if the routing changed meanwhile, and nothing is raised while the link is unrouted
+    // (v86 starts with 0 = the timer's IRQ in those registers).
+    const pirqLink = (((space[0x3d]! || 1) - 1 + (dev.pciId >> 3) - 1) & 3) >>> 0;
     let level = false;
-    const validIrq = (irq: number): boolean => irq > 0 && irq < 16 && irq !== 2;
+    const routedIrq = (): number => {
+      const r = cpu.devices.pci.isa_bridge_space8[0x60 + pirqLink]!;
+      return (r & 0x80) === 0 && r > 0 && r < 16 && r !== 2 ? r : -1;
+    };
     const syncIrq = (): void => {
-      const want = level ? liveBytes[0x3c]! : -1;
-      const target = validIrq(want) ? want : -1;
+      const target = level ? routedIrq() : -1;
       if (target === currentIrq) return;
       if (currentIrq >= 0) cpu.device_lower_irq(currentIrq);
       currentIrq = target;
@@ -465,6 +476,7 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
     done,
     stats,
     currentIrq: () => currentIrq,
+    pciConfig: () => liveConfig?.slice(),
     waitForLine(re, timeoutMs) {
       const hit = lines.find((l) => re.test(l.text));
       if (hit) return Promise.resolve(hit);
