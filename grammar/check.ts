@@ -1056,6 +1056,14 @@ class Checker {
       this.error(memberId!.span, `value part '${member.name}' is not a scalar member`);
       return null;
     }
+    if (member.type === "u64") {
+      // Values are plain numbers (53 bits); a u64 member is read as a bigint.
+      this.error(
+        memberId!.span,
+        `value part '${member.name}' is a u64 member; split it into two u32 members`,
+      );
+      return null;
+    }
     const bits = member.size * 8;
     let msb = bits - 1;
     let lsb = 0;
@@ -1479,8 +1487,9 @@ class Checker {
       presets.push({ member: m.name, field: fieldId?.text ?? null, value: p.value.value });
     }
 
+    // Command fields are plain numbers: u64 members (bigints) cannot be an LBA, count or tag.
     const refs = [
-      ...s.members.filter((m) => m.kind === "scalar").map((m) => m.name),
+      ...s.members.filter((m) => m.kind === "scalar" && m.type !== "u64").map((m) => m.name),
       ...s.values.map((v) => v.name),
     ];
     const ref = (id: Ident, clause: string): string | null => {
@@ -1488,7 +1497,7 @@ class Checker {
       if (s.members.some((m) => m.name === id.text)) {
         this.error(
           id.span,
-          `'${clause}' needs a scalar member or a value; '${s.name}.${id.text}' is neither`,
+          `'${clause}' needs a scalar member of at most 32 bits or a value; '${s.name}.${id.text}' is neither`,
         );
       } else {
         this.error(

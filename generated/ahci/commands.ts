@@ -35,27 +35,27 @@ export type AtaCommand = { readonly kind: "read" | "write"; readonly name: AtaCo
 export function decodeAtaCommand(command: RegH2DFis): AtaCommand {
   switch (command.COMMAND) {
     case 0x06:
-      return { kind: "trim", name: "DATA_SET_MANAGEMENT", opcode: 0x06, blocks: zeroMeans(regH2DFisCount16(command), 65536), dma: true };
+      return { kind: "trim", name: "DATA_SET_MANAGEMENT", opcode: 0x06, blocks: countOf(regH2DFisCount16(command), 65536, 0), dma: true };
     case 0x20:
-      return { kind: "read", name: "READ_SECTORS", opcode: 0x20, lba: regH2DFisLba28(command), sectors: zeroMeans(command.COUNT, 256), dma: false, queued: false, tag: null };
+      return { kind: "read", name: "READ_SECTORS", opcode: 0x20, lba: regH2DFisLba28(command), sectors: countOf(command.COUNT, 256, 0), dma: false, queued: false, tag: null };
     case 0x24:
-      return { kind: "read", name: "READ_SECTORS_EXT", opcode: 0x24, lba: regH2DFisLba48(command), sectors: zeroMeans(regH2DFisCount16(command), 65536), dma: false, queued: false, tag: null };
+      return { kind: "read", name: "READ_SECTORS_EXT", opcode: 0x24, lba: regH2DFisLba48(command), sectors: countOf(regH2DFisCount16(command), 65536, 0), dma: false, queued: false, tag: null };
     case 0x25:
-      return { kind: "read", name: "READ_DMA_EXT", opcode: 0x25, lba: regH2DFisLba48(command), sectors: zeroMeans(regH2DFisCount16(command), 65536), dma: true, queued: false, tag: null };
+      return { kind: "read", name: "READ_DMA_EXT", opcode: 0x25, lba: regH2DFisLba48(command), sectors: countOf(regH2DFisCount16(command), 65536, 0), dma: true, queued: false, tag: null };
     case 0x30:
-      return { kind: "write", name: "WRITE_SECTORS", opcode: 0x30, lba: regH2DFisLba28(command), sectors: zeroMeans(command.COUNT, 256), dma: false, queued: false, tag: null };
+      return { kind: "write", name: "WRITE_SECTORS", opcode: 0x30, lba: regH2DFisLba28(command), sectors: countOf(command.COUNT, 256, 0), dma: false, queued: false, tag: null };
     case 0x34:
-      return { kind: "write", name: "WRITE_SECTORS_EXT", opcode: 0x34, lba: regH2DFisLba48(command), sectors: zeroMeans(regH2DFisCount16(command), 65536), dma: false, queued: false, tag: null };
+      return { kind: "write", name: "WRITE_SECTORS_EXT", opcode: 0x34, lba: regH2DFisLba48(command), sectors: countOf(regH2DFisCount16(command), 65536, 0), dma: false, queued: false, tag: null };
     case 0x35:
-      return { kind: "write", name: "WRITE_DMA_EXT", opcode: 0x35, lba: regH2DFisLba48(command), sectors: zeroMeans(regH2DFisCount16(command), 65536), dma: true, queued: false, tag: null };
+      return { kind: "write", name: "WRITE_DMA_EXT", opcode: 0x35, lba: regH2DFisLba48(command), sectors: countOf(regH2DFisCount16(command), 65536, 0), dma: true, queued: false, tag: null };
     case 0x60:
-      return { kind: "read", name: "READ_FPDMA_QUEUED", opcode: 0x60, lba: regH2DFisLba48(command), sectors: zeroMeans(regH2DFisFeatures16(command), 65536), dma: true, queued: true, tag: regH2DFisNcqTag(command) };
+      return { kind: "read", name: "READ_FPDMA_QUEUED", opcode: 0x60, lba: regH2DFisLba48(command), sectors: countOf(regH2DFisFeatures16(command), 65536, 0), dma: true, queued: true, tag: regH2DFisNcqTag(command) };
     case 0x61:
-      return { kind: "write", name: "WRITE_FPDMA_QUEUED", opcode: 0x61, lba: regH2DFisLba48(command), sectors: zeroMeans(regH2DFisFeatures16(command), 65536), dma: true, queued: true, tag: regH2DFisNcqTag(command) };
+      return { kind: "write", name: "WRITE_FPDMA_QUEUED", opcode: 0x61, lba: regH2DFisLba48(command), sectors: countOf(regH2DFisFeatures16(command), 65536, 0), dma: true, queued: true, tag: regH2DFisNcqTag(command) };
     case 0xC8:
-      return { kind: "read", name: "READ_DMA", opcode: 0xC8, lba: regH2DFisLba28(command), sectors: zeroMeans(command.COUNT, 256), dma: true, queued: false, tag: null };
+      return { kind: "read", name: "READ_DMA", opcode: 0xC8, lba: regH2DFisLba28(command), sectors: countOf(command.COUNT, 256, 0), dma: true, queued: false, tag: null };
     case 0xCA:
-      return { kind: "write", name: "WRITE_DMA", opcode: 0xCA, lba: regH2DFisLba28(command), sectors: zeroMeans(command.COUNT, 256), dma: true, queued: false, tag: null };
+      return { kind: "write", name: "WRITE_DMA", opcode: 0xCA, lba: regH2DFisLba28(command), sectors: countOf(command.COUNT, 256, 0), dma: true, queued: false, tag: null };
     case 0xE0:
       return { kind: "nondata", name: "STANDBY_IMMEDIATE", opcode: 0xE0 };
     case 0xE7:
@@ -79,49 +79,49 @@ export function encodeAtaCommand(name: AtaCommandName, request: { readonly lba?:
   command.COMMAND = AtaOpcode[name];
   switch (name) {
     case "DATA_SET_MANAGEMENT":
-      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       break;
     case "READ_SECTORS":
       setRegH2DFisLba28(command, request.lba ?? 0);
-      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : (request.sectors ?? 0);
+      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : Math.max(0, (request.sectors ?? 0) - 0);
       break;
     case "READ_SECTORS_EXT":
       setRegH2DFisLba48(command, request.lba ?? 0);
-      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       break;
     case "READ_DMA_EXT":
       setRegH2DFisLba48(command, request.lba ?? 0);
-      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       break;
     case "WRITE_SECTORS":
       setRegH2DFisLba28(command, request.lba ?? 0);
-      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : (request.sectors ?? 0);
+      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : Math.max(0, (request.sectors ?? 0) - 0);
       break;
     case "WRITE_SECTORS_EXT":
       setRegH2DFisLba48(command, request.lba ?? 0);
-      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       break;
     case "WRITE_DMA_EXT":
       setRegH2DFisLba48(command, request.lba ?? 0);
-      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisCount16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       break;
     case "READ_FPDMA_QUEUED":
       setRegH2DFisLba48(command, request.lba ?? 0);
-      setRegH2DFisFeatures16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisFeatures16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       setRegH2DFisNcqTag(command, request.tag ?? 0);
       break;
     case "WRITE_FPDMA_QUEUED":
       setRegH2DFisLba48(command, request.lba ?? 0);
-      setRegH2DFisFeatures16(command, (request.sectors ?? 0) === 65536 ? 0 : (request.sectors ?? 0));
+      setRegH2DFisFeatures16(command, (request.sectors ?? 0) === 65536 ? 0 : Math.max(0, (request.sectors ?? 0) - 0));
       setRegH2DFisNcqTag(command, request.tag ?? 0);
       break;
     case "READ_DMA":
       setRegH2DFisLba28(command, request.lba ?? 0);
-      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : (request.sectors ?? 0);
+      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : Math.max(0, (request.sectors ?? 0) - 0);
       break;
     case "WRITE_DMA":
       setRegH2DFisLba28(command, request.lba ?? 0);
-      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : (request.sectors ?? 0);
+      command.COUNT = (request.sectors ?? 0) === 256 ? 0 : Math.max(0, (request.sectors ?? 0) - 0);
       break;
     default:
       break;
@@ -130,7 +130,7 @@ export function encodeAtaCommand(name: AtaCommandName, request: { readonly lba?:
   return command;
 }
 
-/** ATA counts: a count of 0 means the largest count (256 or 65536 sectors). */
-function zeroMeans(count: number, max: number): number {
-  return count === 0 ? max : count;
+/** A command's count from its raw field: 0 may mean the largest count (ATA: 256 or 65536), and 0-based counts add one (NVMe). */
+function countOf(raw: number, zeroMeans: number, add: number): number {
+  return raw === 0 && zeroMeans > 0 ? zeroMeans : raw + add;
 }

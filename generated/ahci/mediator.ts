@@ -658,9 +658,11 @@ export class AhciMediator {
 
   private writeTransferred(request: GuestRequest, bytes: number): void {
     const address = (request as GuestRequest & { headerAddress: number }).headerAddress;
-    const header = decodeCommandHeader(this.host.memory.read(address, COMMAND_HEADER_SIZE));
+    // Re-encode into the bytes read, so reserved bytes of the header stay as the guest left them.
+    const raw = this.host.memory.read(address, COMMAND_HEADER_SIZE);
+    const header = decodeCommandHeader(raw);
     header.PRDBC = Math.min(bytes, request.bufferBytes) >>> 0;
-    this.host.memory.write(address, encodeCommandHeader(header));
+    this.host.memory.write(address, encodeCommandHeader(header, raw));
   }
 
   // ---- interrupts -----------------------------------------------------------------------------

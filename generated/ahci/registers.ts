@@ -150,8 +150,8 @@ export const HOST_CAP_NP_SHIFT = 0;
 /** Global HBA control (offset in the block) */
 export const HOST_GHC = 0x04;
 /** GHC value after reset */
-export const HOST_GHC_RESET = 0x00000000;
-/** AHCI enable (bit 31; rw) */
+export const HOST_GHC_RESET = 0x80000000;
+/** AHCI enable: reads 1, as CAP.SAM says this HBA only works in AHCI mode (bit 31; ro) */
 export const HOST_GHC_AE = 0x80000000;
 /** MSI revert to single message (bit 2; ro) */
 export const HOST_GHC_MRSM = 0x00000004;
@@ -626,7 +626,7 @@ export const BLOCKS: readonly BlockInfo[] = [
   {
     name: "host", base: 0x000, size: 0x100, count: 1, stride: 0x100, registers: [
       { name: "CAP", offset: 0x00, reset: 0xC9349F00, readOnly: 0xFFF7FFFF, readWrite: 0x00000000, writeOneToClear: 0x00000000, writeOneToSet: 0x00000000, writeOnly: 0x00000000, reserved: 0x00080000, selfClearing: 0x00000000, volatile: false },
-      { name: "GHC", offset: 0x04, reset: 0x00000000, readOnly: 0x00000004, readWrite: 0x80000003, writeOneToClear: 0x00000000, writeOneToSet: 0x00000000, writeOnly: 0x00000000, reserved: 0x7FFFFFF8, selfClearing: 0x00000001, volatile: false },
+      { name: "GHC", offset: 0x04, reset: 0x80000000, readOnly: 0x80000004, readWrite: 0x00000003, writeOneToClear: 0x00000000, writeOneToSet: 0x00000000, writeOnly: 0x00000000, reserved: 0x7FFFFFF8, selfClearing: 0x00000001, volatile: false },
       { name: "IS", offset: 0x08, reset: 0x00000000, readOnly: 0x00000000, readWrite: 0x00000000, writeOneToClear: 0xFFFFFFFF, writeOneToSet: 0x00000000, writeOnly: 0x00000000, reserved: 0x00000000, selfClearing: 0x00000000, volatile: true },
       { name: "PI", offset: 0x0C, reset: 0x00000001, readOnly: 0xFFFFFFFF, readWrite: 0x00000000, writeOneToClear: 0x00000000, writeOneToSet: 0x00000000, writeOnly: 0x00000000, reserved: 0x00000000, selfClearing: 0x00000000, volatile: false },
       { name: "VS", offset: 0x10, reset: 0x00010301, readOnly: 0xFFFFFFFF, readWrite: 0x00000000, writeOneToClear: 0x00000000, writeOneToSet: 0x00000000, writeOnly: 0x00000000, reserved: 0x00000000, selfClearing: 0x00000000, volatile: false },

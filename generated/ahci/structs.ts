@@ -80,7 +80,7 @@ export function decodeCommandHeader(bytes: Uint8Array, offset = 0): CommandHeade
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeCommandHeader(value: CommandHeader, bytes = new Uint8Array(COMMAND_HEADER_SIZE), offset = 0): Uint8Array {
+export function encodeCommandHeader(value: CommandHeader, bytes: Uint8Array = new Uint8Array(COMMAND_HEADER_SIZE), offset = 0): Uint8Array {
   writeU32(bytes, offset, value.DW0);
   writeU32(bytes, offset + 0x04, value.PRDBC);
   writeU32(bytes, offset + 0x08, value.CTBA);
@@ -112,7 +112,7 @@ export function decodeCommandList(bytes: Uint8Array, offset = 0): CommandList {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeCommandList(value: CommandList, bytes = new Uint8Array(COMMAND_LIST_SIZE), offset = 0): Uint8Array {
+export function encodeCommandList(value: CommandList, bytes: Uint8Array = new Uint8Array(COMMAND_LIST_SIZE), offset = 0): Uint8Array {
   value.SLOT.slice(0, 32).forEach((element, i) => encodeCommandHeader(element, bytes, offset + i * 32));
   return bytes;
 }
@@ -157,7 +157,7 @@ export function decodePrdEntry(bytes: Uint8Array, offset = 0): PrdEntry {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodePrdEntry(value: PrdEntry, bytes = new Uint8Array(PRD_ENTRY_SIZE), offset = 0): Uint8Array {
+export function encodePrdEntry(value: PrdEntry, bytes: Uint8Array = new Uint8Array(PRD_ENTRY_SIZE), offset = 0): Uint8Array {
   writeU32(bytes, offset, value.DBA);
   writeU32(bytes, offset + 0x04, value.DBAU);
   writeU32(bytes, offset + 0x0C, value.DW3);
@@ -195,7 +195,7 @@ export function decodeCommandTable(bytes: Uint8Array, offset = 0): CommandTable 
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeCommandTable(value: CommandTable, bytes = new Uint8Array(COMMAND_TABLE_SIZE), offset = 0): Uint8Array {
+export function encodeCommandTable(value: CommandTable, bytes: Uint8Array = new Uint8Array(COMMAND_TABLE_SIZE), offset = 0): Uint8Array {
   bytes.set(value.CFIS.subarray(0, 64), offset);
   bytes.set(value.ACMD.subarray(0, 16), offset + 0x40);
   return bytes;
@@ -250,7 +250,7 @@ export function decodeReceivedFis(bytes: Uint8Array, offset = 0): ReceivedFis {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeReceivedFis(value: ReceivedFis, bytes = new Uint8Array(RECEIVED_FIS_SIZE), offset = 0): Uint8Array {
+export function encodeReceivedFis(value: ReceivedFis, bytes: Uint8Array = new Uint8Array(RECEIVED_FIS_SIZE), offset = 0): Uint8Array {
   encodeDmaSetupFis(value.DSFIS, bytes, offset);
   encodePioSetupFis(value.PSFIS, bytes, offset + 0x20);
   encodeRegD2HFis(value.RFIS, bytes, offset + 0x40);
@@ -385,7 +385,7 @@ export function decodeRegH2DFis(bytes: Uint8Array, offset = 0): RegH2DFis {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeRegH2DFis(value: RegH2DFis, bytes = new Uint8Array(REG_H2D_FIS_SIZE), offset = 0): Uint8Array {
+export function encodeRegH2DFis(value: RegH2DFis, bytes: Uint8Array = new Uint8Array(REG_H2D_FIS_SIZE), offset = 0): Uint8Array {
   bytes[offset] = value.TYPE & 0xff;
   bytes[offset + 0x01] = value.FLAGS & 0xff;
   bytes[offset + 0x02] = value.COMMAND & 0xff;
@@ -554,7 +554,7 @@ export function decodeRegD2HFis(bytes: Uint8Array, offset = 0): RegD2HFis {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeRegD2HFis(value: RegD2HFis, bytes = new Uint8Array(REG_D2H_FIS_SIZE), offset = 0): Uint8Array {
+export function encodeRegD2HFis(value: RegD2HFis, bytes: Uint8Array = new Uint8Array(REG_D2H_FIS_SIZE), offset = 0): Uint8Array {
   bytes[offset] = value.TYPE & 0xff;
   bytes[offset + 0x01] = value.FLAGS & 0xff;
   bytes[offset + 0x02] = value.STATUS & 0xff;
@@ -664,7 +664,7 @@ export function decodeSetDeviceBitsFis(bytes: Uint8Array, offset = 0): SetDevice
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeSetDeviceBitsFis(value: SetDeviceBitsFis, bytes = new Uint8Array(SET_DEVICE_BITS_FIS_SIZE), offset = 0): Uint8Array {
+export function encodeSetDeviceBitsFis(value: SetDeviceBitsFis, bytes: Uint8Array = new Uint8Array(SET_DEVICE_BITS_FIS_SIZE), offset = 0): Uint8Array {
   bytes[offset] = value.TYPE & 0xff;
   bytes[offset + 0x01] = value.FLAGS & 0xff;
   bytes[offset + 0x02] = value.STATUS & 0xff;
@@ -773,7 +773,7 @@ export function decodePioSetupFis(bytes: Uint8Array, offset = 0): PioSetupFis {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodePioSetupFis(value: PioSetupFis, bytes = new Uint8Array(PIO_SETUP_FIS_SIZE), offset = 0): Uint8Array {
+export function encodePioSetupFis(value: PioSetupFis, bytes: Uint8Array = new Uint8Array(PIO_SETUP_FIS_SIZE), offset = 0): Uint8Array {
   bytes[offset] = value.TYPE & 0xff;
   bytes[offset + 0x01] = value.FLAGS & 0xff;
   bytes[offset + 0x02] = value.STATUS & 0xff;
@@ -884,7 +884,7 @@ export function decodeDmaSetupFis(bytes: Uint8Array, offset = 0): DmaSetupFis {
 }
 
 /** Writes `value` into `bytes` at `offset` (a new buffer when none is given) and returns the buffer. */
-export function encodeDmaSetupFis(value: DmaSetupFis, bytes = new Uint8Array(DMA_SETUP_FIS_SIZE), offset = 0): Uint8Array {
+export function encodeDmaSetupFis(value: DmaSetupFis, bytes: Uint8Array = new Uint8Array(DMA_SETUP_FIS_SIZE), offset = 0): Uint8Array {
   bytes[offset] = value.TYPE & 0xff;
   bytes[offset + 0x01] = value.FLAGS & 0xff;
   writeU32(bytes, offset + 0x04, value.BUFFER_ID_LO);

@@ -103,7 +103,7 @@ function setterStatement(from: string, struct: StructModel, target: string, impo
 function countExpr(c: CommandModel, struct: StructModel, imports: Set<string>): string {
   if (!c.count) return "0";
   const raw = valueExpr(c.count.from, struct, imports);
-  return `zeroMeans(${raw}, ${c.count.zeroMeans})`;
+  return `countOf(${raw}, ${c.count.zeroMeans}, ${c.count.add ?? 0})`;
 }
 
 function decodeLiteral(c: CommandModel, struct: StructModel, imports: Set<string>): string {
@@ -151,7 +151,9 @@ function emitEncoder(
           setterStatement(
             c.count.from,
             struct,
-            `(request.sectors ?? 0) === ${c.count.zeroMeans} ? 0 : (request.sectors ?? 0)`,
+            c.count.zeroMeans > 0
+              ? `(request.sectors ?? 0) === ${c.count.zeroMeans} ? 0 : Math.max(0, (request.sectors ?? ${c.count.add ?? 0}) - ${c.count.add ?? 0})`
+              : `Math.max(0, (request.sectors ?? ${c.count.add ?? 0}) - ${c.count.add ?? 0})`,
             imports,
           ),
         );
@@ -184,16 +186,19 @@ function emitEncoder(
       "return command;",
     ],
   });
-  if (!file.getFunction("zeroMeans")) {
+  if (!file.getFunction("countOf")) {
     file.addFunction({
-      name: "zeroMeans",
-      docs: ["ATA counts: a count of 0 means the largest count (256 or 65536 sectors)."],
+      name: "countOf",
+      docs: [
+        "A command's count from its raw field: 0 may mean the largest count (ATA: 256 or 65536), and 0-based counts add one (NVMe).",
+      ],
       parameters: [
-        { name: "count", type: "number" },
-        { name: "max", type: "number" },
+        { name: "raw", type: "number" },
+        { name: "zeroMeans", type: "number" },
+        { name: "add", type: "number" },
       ],
       returnType: "number",
-      statements: "return count === 0 ? max : count;",
+      statements: "return raw === 0 && zeroMeans > 0 ? zeroMeans : raw + add;",
     });
   }
   void constName;

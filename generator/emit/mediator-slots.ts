@@ -144,7 +144,7 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
   const structField = (p: FieldPath, needShift: boolean) => {
     const s = struct(p.struct);
     const member = s.members.find((x) => x.name === p.member);
-    if (!member || member.kind !== "scalar") fail(`${p.struct}.${p.member} must be a scalar member`);
+    if (member?.kind !== "scalar") fail(`${p.struct}.${p.member} must be a scalar member`);
     if (p.field === null) return { member: p.member, mask: "0xffffffff", shift: "0" };
     const f =
       member.fields.find((x) => x.name === p.field) ??
@@ -961,9 +961,11 @@ ${n.portResets
 
   private writeTransferred(request: GuestRequest, bytes: number): void {
     const address = (request as GuestRequest & { headerAddress: number }).headerAddress;
-    const header = decode${n.header}(this.host.memory.read(address, ${n.headerSize}));
+    // Re-encode into the bytes read, so reserved bytes of the header stay as the guest left them.
+    const raw = this.host.memory.read(address, ${n.headerSize});
+    const header = decode${n.header}(raw);
     header.${hf.transferred} = Math.min(bytes, request.bufferBytes) >>> 0;
-    this.host.memory.write(address, encode${n.header}(header));
+    this.host.memory.write(address, encode${n.header}(header, raw));
   }
 
   // ---- interrupts -----------------------------------------------------------------------------

@@ -137,7 +137,7 @@ function emitStruct(file: SourceFile, s: StructModel, byName: ReadonlyMap<string
     ],
     parameters: [
       { name: "value", type: s.name },
-      { name: "bytes", initializer: `new Uint8Array(${S}_SIZE)` },
+      { name: "bytes", type: "Uint8Array", initializer: `new Uint8Array(${S}_SIZE)` },
       { name: "offset", initializer: "0" },
     ],
     returnType: "Uint8Array",
@@ -308,7 +308,7 @@ function emitValue(file: SourceFile, s: StructModel, v: ValueModel): void {
   });
   const terms = placed.map((p) => {
     const extract =
-      p.lsb === 0 && p.width >= 8 && p.msb === p.width - 1
+      p.lsb === 0 && p.width === memberWidth(s, p.member)
         ? `value.${p.member}`
         : `((value.${p.member} >>> ${p.lsb}) & ${hex(2 ** p.width - 1, 2)})`;
     return p.at === 0 ? extract : `${extract} * ${2 ** p.at}`;

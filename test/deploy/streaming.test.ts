@@ -58,7 +58,7 @@ describe("streaming deployment under a replayed guest", () => {
   it("keeps a guest write made during streaming over the image data", async () => {
     // WRITE DMA EXT of 8 sectors at LBA 0x8000 from a 0xAB-filled buffer, then finish.
     const fis = "27803500" + "00800040" + "00000000" + "08000000" + "00000000";
-    const table = fis.padEnd(256, "0") + "00000800" + "00000000" + "00000000" + "ff0f0000";
+    const table = `${fis.padEnd(256, "0")}000008000000000000000000ff0f0000`;
     const lines = example.trim().split("\n");
     const init = lines.slice(
       0,

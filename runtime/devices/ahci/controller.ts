@@ -463,6 +463,9 @@ export class AhciController {
     bytes: number,
     headerAddress: number,
   ): void {
+    // After an error the port is halted: commands still running finish silently, and the error
+    // stays in the task file until software restarts the port (which drops them).
+    if (port.halted) return;
     const r = this.registers;
     r.set(port.base + PORT_TFD, DEVICE.readyStatus);
     if (tag === null) {
@@ -556,10 +559,12 @@ export class AhciController {
   }
 
   private writeTransferred(headerAddress: number, bytes: number): void {
-    const header = this.dma(() => decodeCommandHeader(this.memory.read(headerAddress, COMMAND_HEADER_SIZE)));
-    if (header === null) return;
+    const raw = this.dma(() => this.memory.read(headerAddress, COMMAND_HEADER_SIZE));
+    if (raw === null) return;
+    // Only PRDBC changes: re-encode into the bytes read so the reserved dwords stay untouched.
+    const header = decodeCommandHeader(raw);
     header.PRDBC = bytes;
-    this.memory.write(headerAddress, encodeCommandHeader(header));
+    this.memory.write(headerAddress, encodeCommandHeader(header, raw));
   }
 
   // ---- interrupts -----------------------------------------------------------------------------

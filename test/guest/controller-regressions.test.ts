@@ -22,7 +22,7 @@ import { Machine } from "../../runtime/machine.ts";
 import { VirtualClock } from "../../runtime/vmx/clock.ts";
 import { patternDisk } from "./helpers.ts";
 
-describe("emulated AHCI controller: known bugs", () => {
+describe("emulated AHCI controller: regressions", () => {
   it("keeps the error in PxTFD (and stops the queue) after an NCQ command fails", async () => {
     const clock = new VirtualClock();
     const machine = new Machine({ disks: [patternDisk(1024)], clock });
@@ -38,11 +38,11 @@ describe("emulated AHCI controller: known bugs", () => {
     const regs = machine.controller.registers;
     expect(regs.get(portOffset(0, PORT_IS)) & PORT_IS_TFES).toBe(PORT_IS_TFES);
     // The failed command's status must stay visible to software while PxIS.TFES is set
-    // (AHCI 1.3.1 6.2.2; libahci reads it in ahci_error_intr). Today complete() of tag 2, which
+    // (libahci reads it in its error handling). Today complete() of tag 2, which
     // runs after the failure, sets PxTFD back to 0x50 (DRDY, no ERR).
     expect(regs.get(portOffset(0, PORT_TFD)) & 0x01).toBe(0x01);
-    // A device that reported an NCQ error aborts its other outstanding commands (SATA 3.x
-    // 13.6.3.3); today the controller still completes tag 2 and clears its PxSACT bit.
+    // A device that reported an NCQ error aborts its other outstanding commands (SATA NCQ error
+    // handling); today the controller still completes tag 2 and clears its PxSACT bit.
     expect(regs.get(portOffset(0, PORT_SACT)) & 0b110).toBe(0b110);
     await settled;
   });
@@ -54,6 +54,6 @@ describe("emulated AHCI controller: known bugs", () => {
     machine.mmioWrite(abar + HOST_GHC, 4, (HOST_GHC_AE | HOST_GHC_HR) >>> 0);
     // AHCI 1.3.1 3.1.2: with CAP.SAM = 1, GHC.AE is read-only and 1 (an AHCI-only HBA). The
     // register file resets GHC to 0 and treats AE as read-write (spec/ahci.med, GHC).
-    expect(machine.mmioRead(abar + HOST_GHC, 4) & HOST_GHC_AE).toBe(HOST_GHC_AE >>> 0);
+    expect((machine.mmioRead(abar + HOST_GHC, 4) & HOST_GHC_AE) >>> 0).toBe(HOST_GHC_AE >>> 0);
   });
 });
