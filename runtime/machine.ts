@@ -4,7 +4,7 @@ import { AhciController } from "./devices/ahci/controller.ts";
 import type { Clock } from "./vmx/clock.ts";
 import { RealClock } from "./vmx/clock.ts";
 import { HANDLED, type MmioRegion, VmxHost } from "./vmx/host.ts";
-import { GuestMemory } from "./vmx/memory.ts";
+import { GuestMemory, type MemoryRegion, type PhysicalMemory } from "./vmx/memory.ts";
 
 export const DEFAULT_ABAR = 0xfebf0000;
 /** The VMM's private RAM above the guest's: the mediator's command lists, tables and buffers. */
@@ -21,6 +21,11 @@ export interface MachineOptions {
   /** Put the generated mediator in front of the controller (false: bare mode). */
   readonly mediated?: boolean;
   readonly vmmBytes?: number;
+  /**
+   * Physical memory owned by someone else (an x86 emulator's RAM), instead of a GuestMemory of
+   * ramMiB + vmmBytes. Its "reserved" region `vmmRegion` is the VMM's, hidden from the guest.
+   */
+  readonly memory?: { readonly physical: PhysicalMemory; readonly vmmRegion: MemoryRegion | undefined; readonly guestRamBytes: number };
 }
 
 /**
@@ -28,7 +33,7 @@ export interface MachineOptions {
  * at ABAR, and, when mediated, the generated mediator trapping the register window.
  */
 export class Machine {
-  readonly memory: GuestMemory;
+  readonly memory: PhysicalMemory;
   readonly host: VmxHost;
   readonly controller: AhciController;
   readonly region: MmioRegion;
@@ -40,9 +45,18 @@ export class Machine {
   constructor(options: MachineOptions) {
     this.clock = options.clock ?? new RealClock();
     this.abar = options.abar ?? DEFAULT_ABAR;
-    this.guestRamBytes = (options.ramMiB ?? 64) * 1024 * 1024;
-    const vmmBytes = options.mediated ? (options.vmmBytes ?? DEFAULT_VMM_BYTES) : 0;
-    this.memory = new GuestMemory({ ramBytes: this.guestRamBytes + vmmBytes, vmmBytes });
+    let vmmRegion: MemoryRegion | undefined;
+    if (options.memory) {
+      this.memory = options.memory.physical;
+      this.guestRamBytes = options.memory.guestRamBytes;
+      vmmRegion = options.memory.vmmRegion;
+    } else {
+      this.guestRamBytes = (options.ramMiB ?? 64) * 1024 * 1024;
+      const vmmBytes = options.mediated ? (options.vmmBytes ?? DEFAULT_VMM_BYTES) : 0;
+      const memory = new GuestMemory({ ramBytes: this.guestRamBytes + vmmBytes, vmmBytes });
+      this.memory = memory;
+      vmmRegion = memory.vmmRegion;
+    }
     this.host = new VmxHost({ memory: this.memory, clock: this.clock });
     this.controller = new AhciController({
       disks: options.disks,
@@ -67,7 +81,8 @@ export class Machine {
       });
       return;
     }
-    const vmm = this.memory.vmmRegion!;
+    const vmm = vmmRegion;
+    if (!vmm) throw new Error("a mediated machine needs memory reserved for the VMM");
     const mediator = new AhciMediator({
       memory: this.memory,
       isGuestRange: (address, length) => this.memory.isGuestRange(address, length),
