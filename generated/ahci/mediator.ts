@@ -749,7 +749,7 @@ export class AhciMediator {
       // The mediator's command is running with its own lists: the guest's engine bits take
       // effect when it is done (a real engine also needs time to stop).
       const engine = PORT_CMD_ST | PORT_CMD_FRE;
-      own.guestCmd = ((own.guestCmd & engine) | (value & engine)) >>> 0;
+      own.guestCmd = ((own.guestCmd & ~engine) | (value & engine)) >>> 0;
       this.host.deviceWrite(this.portBase(port) + PORT_CMD, (value & ~engine) | (this.host.deviceRead(this.portBase(port) + PORT_CMD) & engine));
       return;
     }
@@ -766,7 +766,10 @@ export class AhciMediator {
     const shadow = this.ports[port]!;
     const own = shadow.own;
     if (own === null) return;
+    // From here the guest's accesses go straight to the device again; the aborted run only
+    // reports its failure when it notices.
     own.aborted = true;
+    shadow.own = null;
     const lists = shadow.guestLists;
     shadow.guestLists = null;
     if (hbaReset || lists === null) return;
@@ -933,8 +936,10 @@ export class AhciMediator {
         if (summary) this.host.deviceWrite(HOST_BASE + HOST_IS, summary);
       }
     } finally {
-      shadow.guestLists = null;
-      shadow.own = null;
+      if (shadow.own === own) {
+        shadow.guestLists = null;
+        shadow.own = null;
+      }
     }
     if (own.aborted && result.ok) result = { ok: false, error: "aborted" };
     this.counters.ownCommands++;

@@ -1052,7 +1052,7 @@ ${n.portResets
       // The mediator's command is running with its own lists: the guest's engine bits take
       // effect when it is done (a real engine also needs time to stop).
       const engine = ${n.st} | ${n.fre};
-      own.guestCmd = ((own.guestCmd & engine) | (value & engine)) >>> 0;
+      own.guestCmd = ((own.guestCmd & ~engine) | (value & engine)) >>> 0;
       this.host.deviceWrite(this.portBase(port) + ${n.cmd}, (value & ~engine) | (this.host.deviceRead(this.portBase(port) + ${n.cmd}) & engine));
       return;
     }
@@ -1069,7 +1069,10 @@ ${n.portResets
     const shadow = this.ports[port]!;
     const own = shadow.own;
     if (own === null) return;
+    // From here the guest's accesses go straight to the device again; the aborted run only
+    // reports its failure when it notices.
     own.aborted = true;
+    shadow.own = null;
     const lists = shadow.guestLists;
     shadow.guestLists = null;
     if (hbaReset || lists === null) return;
@@ -1236,8 +1239,10 @@ ${n.portResets
         if (summary) this.host.deviceWrite(${n.H}_BASE + ${n.hostIs}, summary);
       }
     } finally {
-      shadow.guestLists = null;
-      shadow.own = null;
+      if (shadow.own === own) {
+        shadow.guestLists = null;
+        shadow.own = null;
+      }
     }
     if (own.aborted && result.ok) result = { ok: false, error: "aborted" };
     this.counters.ownCommands++;

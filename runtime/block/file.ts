@@ -2,7 +2,7 @@ import { constants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { type Clock, trackIo } from "../vmx/clock.ts";
 import { checkSectorCount, checkSectorData, closedError } from "./guards.ts";
-import { type BlockBackend, BlockError, checkRange, SECTOR_SIZE } from "./types.ts";
+import { type BlockBackend, BlockError, checkRange, checkTarget, SECTOR_SIZE } from "./types.ts";
 
 export interface FileBackendOptions {
   /** Open read-write; otherwise writes are rejected. */
@@ -64,6 +64,14 @@ export class FileBackend implements BlockBackend {
     const buffer = new Uint8Array(count * SECTOR_SIZE);
     await this.#run(this.#readFully(buffer, lba * SECTOR_SIZE));
     return buffer;
+  }
+
+  /** Positional reads straight into the caller's buffer. */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    this.#checkOpen();
+    checkRange(this.description, this.sectors, lba, count);
+    const bytes = checkTarget(this.description, count, target, offset);
+    await this.#run(this.#readFully(target.subarray(offset, offset + bytes), lba * SECTOR_SIZE));
   }
 
   async write(lba: number, data: Uint8Array): Promise<void> {

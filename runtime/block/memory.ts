@@ -1,5 +1,5 @@
 import { checkSectorCount, checkSectorData, closedError } from "./guards.ts";
-import { type BlockBackend, BlockError, checkRange, SECTOR_SIZE } from "./types.ts";
+import { type BlockBackend, BlockError, checkRange, checkTarget, SECTOR_SIZE } from "./types.ts";
 
 /**
  * A disk held entirely in a Uint8Array: the fastest backend, for tests and small local disks.
@@ -33,6 +33,14 @@ export class MemoryBackend implements BlockBackend {
     this.#checkOpen();
     checkRange(this.description, this.sectors, lba, count);
     return this.bytes.slice(lba * SECTOR_SIZE, (lba + count) * SECTOR_SIZE);
+  }
+
+  /** One copy straight from the disk array into the caller's buffer (read() must allocate). */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    this.#checkOpen();
+    checkRange(this.description, this.sectors, lba, count);
+    checkTarget(this.description, count, target, offset);
+    target.set(this.bytes.subarray(lba * SECTOR_SIZE, (lba + count) * SECTOR_SIZE), offset);
   }
 
   async write(lba: number, data: Uint8Array): Promise<void> {

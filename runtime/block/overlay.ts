@@ -1,4 +1,4 @@
-import { type BlockBackend, type BlockSource, checkRange, SECTOR_SIZE } from "./types.ts";
+import { type BlockBackend, type BlockSource, checkRange, checkTarget, SECTOR_SIZE } from "./types.ts";
 
 /**
  * A writable disk over a read-only image: writes land in memory, sector by sector, and reads
@@ -23,12 +23,26 @@ export class OverlayBackend implements BlockBackend {
   async read(lba: number, count: number): Promise<Uint8Array> {
     checkRange(this.description, this.sectors, lba, count);
     const data = await this.base.read(lba, count);
-    if (this.written.size === 0) return data;
+    this.#applyWritten(lba, count, data, 0);
+    return data;
+  }
+
+  /** The image's sectors into the caller's buffer (without a copy when the image has readInto). */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    checkRange(this.description, this.sectors, lba, count);
+    checkTarget(this.description, count, target, offset);
+    if (this.base.readInto !== undefined) await this.base.readInto(lba, count, target, offset);
+    else target.set(await this.base.read(lba, count), offset);
+    this.#applyWritten(lba, count, target, offset);
+  }
+
+  /** Lays the sectors written so far over image data of [lba, lba + count) at target[offset]. */
+  #applyWritten(lba: number, count: number, target: Uint8Array, offset: number): void {
+    if (this.written.size === 0) return;
     for (let i = 0; i < count; i++) {
       const sector = this.written.get(lba + i);
-      if (sector) data.set(sector, i * SECTOR_SIZE);
+      if (sector) target.set(sector, offset + i * SECTOR_SIZE);
     }
-    return data;
   }
 
   async write(lba: number, data: Uint8Array): Promise<void> {

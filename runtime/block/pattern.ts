@@ -1,6 +1,6 @@
 import { Buffer } from "node:buffer";
 import { checkSectorCount, closedError } from "./guards.ts";
-import { BlockError, type BlockSource, checkRange, SECTOR_SIZE } from "./types.ts";
+import { BlockError, type BlockSource, checkRange, checkTarget, SECTOR_SIZE } from "./types.ts";
 
 /**
  * Generated images of the guest-trace format. `lba`: every 8-byte word of sector s is s as a
@@ -148,6 +148,16 @@ export class PatternSource implements BlockSource {
     const buf = new Uint8Array(raw.buffer, raw.byteOffset, bytes);
     fillSectors(buf, count, lba);
     return buf;
+  }
+
+  /** Computes the sectors straight into the caller's buffer. */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    if (this.#closed) throw closedError(this.description);
+    checkRange(this.description, this.sectors, lba, count);
+    const bytes = checkTarget(this.description, count, target, offset);
+    const out = target.subarray(offset, offset + bytes);
+    if (this.pattern === "zero") out.fill(0);
+    else fillSectors(out, count, lba);
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,5 @@
 import { checkSectorCount, checkSectorData, closedError } from "./guards.ts";
-import { type BlockBackend, BlockError, checkRange, SECTOR_SIZE } from "./types.ts";
+import { type BlockBackend, BlockError, checkRange, checkTarget, SECTOR_SIZE } from "./types.ts";
 
 /** One chunk of the disk that has been written at least once. */
 interface Chunk {
@@ -61,11 +61,25 @@ export class SparseBackend implements BlockBackend {
     this.#checkOpen();
     checkRange(this.description, this.sectors, lba, count);
     const out = new Uint8Array(count * SECTOR_SIZE);
+    this.#copyStored(lba, count, out, 0);
+    return out;
+  }
+
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    this.#checkOpen();
+    checkRange(this.description, this.sectors, lba, count);
+    const bytes = checkTarget(this.description, count, target, offset);
+    target.fill(0, offset, offset + bytes); // what was never written reads as zeros
+    this.#copyStored(lba, count, target, offset);
+  }
+
+  /** Copies the stored chunks' data for [lba, lba + count) to target[offset..]; leaves the rest. */
+  #copyStored(lba: number, count: number, target: Uint8Array, offset: number): void {
     this.#forEachPiece(lba, count, (chunk, first, n, at) => {
       const data = this.#chunks.get(chunk)?.data;
-      if (data !== undefined) out.set(data.subarray(first * SECTOR_SIZE, (first + n) * SECTOR_SIZE), at);
+      if (data !== undefined)
+        target.set(data.subarray(first * SECTOR_SIZE, (first + n) * SECTOR_SIZE), offset + at);
     });
-    return out;
   }
 
   async write(lba: number, data: Uint8Array): Promise<void> {

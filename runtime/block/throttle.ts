@@ -1,6 +1,13 @@
 import type { Clock } from "../vmx/clock.ts";
 import { checkSectorData } from "./guards.ts";
-import { type BlockBackend, BlockError, type BlockSource, checkRange, SECTOR_SIZE } from "./types.ts";
+import {
+  type BlockBackend,
+  BlockError,
+  type BlockSource,
+  checkRange,
+  checkTarget,
+  SECTOR_SIZE,
+} from "./types.ts";
 
 /** Bytes per second of a link of `n` Mbit/s (links are sold in bits, the code counts bytes). */
 export function megabits(n: number): number {
@@ -119,6 +126,18 @@ export class ThrottledSource implements BlockSource {
       this.link.transfer(count * SECTOR_SIZE, "read"),
     ]);
     return data;
+  }
+
+  /** Like read(), into the caller's buffer (through the inner source's readInto when it has one). */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    checkRange(this.description, this.sectors, lba, count);
+    checkTarget(this.description, count, target, offset);
+    const inner = this.#inner;
+    const data =
+      inner.readInto !== undefined
+        ? inner.readInto(lba, count, target, offset)
+        : inner.read(lba, count).then((bytes) => target.set(bytes, offset));
+    await Promise.all([data, this.link.transfer(count * SECTOR_SIZE, "read")]);
   }
 
   close(): Promise<void> {

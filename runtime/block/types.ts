@@ -11,6 +11,14 @@ export interface BlockSource {
   readonly sectors: number;
   /** Reads `count` sectors from `lba`; resolves with exactly count * 512 fresh bytes or rejects. */
   read(lba: number, count: number): Promise<Uint8Array>;
+  /**
+   * Optional, for hot paths that own a destination already (a DMA target in guest RAM, a
+   * reusable buffer): reads `count` sectors from `lba` into target[offset, offset + count * 512)
+   * instead of allocating fresh bytes. Same range checks and errors as read(); a target too
+   * small is a "range" error. If it rejects, the target may hold part of the data. Callers
+   * fall back to read() when a source does not have it.
+   */
+  readInto?(lba: number, count: number, target: Uint8Array, offset?: number): Promise<void>;
   /** Releases files, sockets and timers. Idempotent. */
   close(): Promise<void>;
   /** A short human description for logs and errors ("file disk.img", "nbd://127.0.0.1:10809/x"). */
@@ -35,6 +43,21 @@ export class BlockError extends Error {
     super(message, options);
     this.name = "BlockError";
   }
+}
+
+/**
+ * Checks that target[offset, offset + count * 512) exists, for readInto; returns the byte length.
+ * Call after checkRange (count is then a safe non-negative integer).
+ */
+export function checkTarget(description: string, count: number, target: Uint8Array, offset: number): number {
+  const bytes = count * SECTOR_SIZE;
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset + bytes > target.length) {
+    throw new BlockError(
+      `${description}: a target of ${target.length} bytes has no room for ${bytes} bytes at offset ${offset}`,
+      "range",
+    );
+  }
+  return bytes;
 }
 
 /** Checks that [lba, lba+count) lies within a device of `sectors` sectors. */

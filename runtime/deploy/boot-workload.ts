@@ -11,6 +11,8 @@ export interface BootWorkloadOptions {
   readonly path?: string;
   /** 1 keeps the recorded think time between requests; 0 replays back to back. */
   readonly thinkTimeScale?: number;
+  /** Receives when each request was issued (clock ms from the start) and what it was. */
+  readonly collect?: (requests: { t: number; op: string }[]) => void;
 }
 
 /**
@@ -26,6 +28,7 @@ export function bootWorkload(options: BootWorkloadOptions = {}): Workload {
       const records = all.filter((r) => r.phase !== "linux-shutdown");
       const driver = await AhciGuestDriver.open(env.machine);
       const stats = await bootReplay(driver, records, { thinkTimeScale: options.thinkTimeScale ?? 1 });
+      options.collect?.(stats.requests.map((r) => ({ t: r.issuedAt, op: r.op })));
       const written = new Map<number, Uint8Array>();
       for (const r of records) {
         if (r.op !== "write") continue;

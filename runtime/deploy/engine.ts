@@ -51,7 +51,7 @@ export interface EngineOptions {
   readonly fetchBlocks?: number;
   /** Fetched data waiting to be written locally, at most. */
   readonly maxCachedBytes?: number;
-  /** Background copy rate limit in bytes per second (Infinity: as fast as the link allows). */
+  /** Background copy rate limit in bytes per second (Infinity: as fast as the link allows; 0: off, copy on read only). */
   readonly backgroundRate?: number;
   /** Blocks after a guest miss fetched next. */
   readonly readAhead?: number;
@@ -459,6 +459,7 @@ export class DeploymentEngine {
   }
 
   private readAhead(from: number): void {
+    if (this.o.backgroundRate <= 0) return;
     for (let b = from; b < Math.min(this.blocks, from + this.o.readAhead); b++) {
       if (this.state[b] === State.Remote) this.priority.push(b);
     }
@@ -632,16 +633,20 @@ export class DeploymentEngine {
       if (this.stats.completedAtMs !== null) {
         if (this.tryDevirtualize()) break;
       } else {
-        const next = this.nextRemote();
+        // A background rate of 0 turns the background copy off: only the guest's misses are fetched.
+        const next = this.o.backgroundRate > 0 ? this.nextRemote() : -1;
         const room = this.cache.size * this.blockBytes < this.o.maxCachedBytes;
         if (next >= 0 && room && this.inFlightFetches < this.o.fetchDepth) {
+          const now = this.o.clock.now();
+          if (now < this.nextBackgroundAt) {
+            // Rate limit: wait, then look again (the guest may have fetched that block meanwhile).
+            await this.o.clock.sleep(this.nextBackgroundAt - now);
+            continue;
+          }
           const count = this.runLength(next);
           const bytes = count * this.blockBytes;
-          const now = this.o.clock.now();
           if (Number.isFinite(this.o.backgroundRate)) {
-            if (now < this.nextBackgroundAt) await this.o.clock.sleep(this.nextBackgroundAt - now);
-            this.nextBackgroundAt =
-              Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
+            this.nextBackgroundAt = Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
           }
           void this.fetchRun(next, count, false).catch(() => {});
           continue;

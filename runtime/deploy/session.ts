@@ -14,6 +14,12 @@ import { DeploymentEngine, type EngineEvent } from "./engine.ts";
 export interface Workload {
   readonly name: string;
   run(env: ReplayEnvironment): Promise<WorkloadResult>;
+  /**
+   * Resolves with the clock's time (`clock.now()`) when the guest OS is ready, for a workload that
+   * goes on after that (a real guest that still shuts down). Without it, the OS is ready when `run`
+   * resolves.
+   */
+  readonly ready?: Promise<number>;
 }
 
 export interface WorkloadResult {
@@ -37,6 +43,11 @@ export interface DeployOptions {
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
   readonly onProgress?: (progress: DeployProgress) => void;
   readonly onEvent?: (event: EngineEvent | SourceEvent) => void;
+  /**
+   * Builds the machine on the local disk (default: medic's emulated machine with the mediator, 64 MiB).
+   * It must be mediated; the workload then runs on it (e.g. a real guest on an x86 emulator).
+   */
+  readonly machine?: (disk: FileBackend, clock: Clock) => Promise<Machine>;
 }
 
 export interface DeployProgress {
@@ -44,7 +55,8 @@ export interface DeployProgress {
   readonly localBytes: number;
   readonly totalBytes: number;
   readonly fetchedBytes: number;
-  readonly phase: "streaming" | "de-virtualized";
+  /** "copying" and "booting": copy-then-boot runs (the image is copied before the guest starts). */
+  readonly phase: "streaming" | "de-virtualized" | "copying" | "booting";
   readonly guestDoneAtMs: number | null;
 }
 
@@ -76,7 +88,10 @@ export class DeployError extends Error {}
 export class DeploySession {
   private constructor(
     readonly options: DeployOptions,
+    /** The image as the deployment reads it (over the throttled link, if any). */
     readonly image: BlockSource,
+    /** The same image without the link's throttling: for verification. */
+    readonly source: BlockSource,
     readonly disk: FileBackend,
     readonly bitmap: LocalBitmap,
     readonly resumed: boolean,
@@ -136,7 +151,17 @@ export class DeploySession {
       await disk.close();
       throw new DeployError(messageOf(error));
     }
-    const machine = new Machine({ disks: [disk], clock: options.clock, mediated: true, ramMiB: 64 });
+    let machine: Machine;
+    try {
+      machine = options.machine
+        ? await options.machine(disk, options.clock)
+        : new Machine({ disks: [disk], clock: options.clock, mediated: true, ramMiB: 64 });
+      if (!machine.mediator) throw new DeployError("a streaming deployment needs a mediated machine");
+    } catch (error) {
+      await image.close();
+      await disk.close();
+      throw error;
+    }
     const engine = new DeploymentEngine({
       device: machine.mediator!,
       image,
@@ -148,7 +173,7 @@ export class DeploySession {
       devirtualize: () => machine.devirtualize(),
       onEvent: options.onEvent,
     });
-    return new DeploySession(options, image, disk, loaded.bitmap, loaded.resumed, machine, engine);
+    return new DeploySession(options, image, source, disk, loaded.bitmap, loaded.resumed, machine, engine);
   }
 
   /** Runs the deployment and the workload to the end; returns the summary (verified: null). */
@@ -158,7 +183,14 @@ export class DeploySession {
     const localAtStart = this.engine.localBytes;
     this.engine.start();
     let guestDoneAt: number | null = null;
+    let readyAt: number | null = null;
     let result: WorkloadResult | null = null;
+    void this.options.workload?.ready?.then(
+      (at) => {
+        readyAt = at - start;
+      },
+      () => {},
+    );
     const workload = this.options.workload
       ? this.options.workload.run(this.environment()).then((r) => {
           guestDoneAt = clock.now() - start;
@@ -166,7 +198,7 @@ export class DeploySession {
           this.workloadResult = r;
         })
       : Promise.resolve();
-    const ticker = this.progressTicker(start, () => guestDoneAt);
+    const ticker = this.progressTicker(start, () => readyAt ?? guestDoneAt);
     try {
       await Promise.all([this.engine.finished(), workload]);
     } finally {
@@ -175,7 +207,7 @@ export class DeploySession {
     const stats = this.engine.stats;
     const finished = result as WorkloadResult | null;
     return {
-      os_ready_ms: this.options.workload ? guestDoneAt : null,
+      os_ready_ms: this.options.workload ? (readyAt ?? guestDoneAt) : null,
       deploy_done_ms: stats.completedAtMs === null ? null : Math.max(0, stats.completedAtMs - start),
       devirtualized_at_ms: stats.devirtualizedAtMs === null ? null : stats.devirtualizedAtMs - start,
       resumed: this.resumed,
@@ -203,7 +235,7 @@ export class DeploySession {
     const chunk = 2048;
     for (let lba = 0; lba < this.image.sectors && bad.length < limit; lba += chunk) {
       const count = Math.min(chunk, this.image.sectors - lba);
-      const [local, expected] = await Promise.all([this.disk.read(lba, count), this.image.read(lba, count)]);
+      const [local, expected] = await Promise.all([this.disk.read(lba, count), this.source.read(lba, count)]);
       for (let i = 0; i < count; i++) {
         const guest = written.get(lba + i);
         if (guest) expected.set(guest, i * SECTOR_SIZE);

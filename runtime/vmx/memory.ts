@@ -37,6 +37,12 @@ export interface PhysicalMemory {
   read(addr: number, length: number): Uint8Array;
   /** Copies target.length bytes from addr into target (no allocation). */
   readInto(addr: number, target: Uint8Array): void;
+  /**
+   * Optional: a live view of [addr, addr+length), so a device can DMA without a copy (a disk
+   * reads straight into guest RAM). Only for RAM where a plain store is a correct DMA write;
+   * an emulator that must see every write (v86 keeps its JIT coherent) leaves it out.
+   */
+  liveView?(addr: number, length: number): Uint8Array;
   write(addr: number, bytes: Uint8Array): void;
   fill(addr: number, length: number, value: number): void;
   readU8(addr: number): number;
@@ -107,6 +113,11 @@ export class GuestMemory implements PhysicalMemory {
   readInto(addr: number, target: Uint8Array): void {
     this.#check(addr, target.length);
     target.set(this.bytes.subarray(addr, addr + target.length));
+  }
+
+  liveView(addr: number, length: number): Uint8Array {
+    this.#check(addr, length);
+    return this.bytes.subarray(addr, addr + length);
   }
 
   write(addr: number, bytes: Uint8Array): void {

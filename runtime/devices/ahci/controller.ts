@@ -1,7 +1,11 @@
 import {
   type AtaCommand,
+  COMMAND_HEADER_CTBA,
+  COMMAND_HEADER_CTBAU,
+  COMMAND_HEADER_DW0,
   COMMAND_HEADER_DW0_PRDTL,
   COMMAND_HEADER_DW0_PRDTL_SHIFT,
+  COMMAND_HEADER_PRDBC,
   COMMAND_HEADER_SIZE,
   COMMAND_LIST_SLOT,
   COMMAND_TABLE_CFIS,
@@ -10,13 +14,10 @@ import {
   DetectionControl,
   DeviceDetection,
   decodeAtaCommand,
-  decodeCommandHeader,
-  decodePrdEntry,
   decodeRegH2DFis,
   emptyPioSetupFis,
   emptyRegD2HFis,
   emptySetDeviceBitsFis,
-  encodeCommandHeader,
   encodePioSetupFis,
   encodeRegD2HFis,
   encodeSetDeviceBitsFis,
@@ -65,6 +66,9 @@ import {
   PORT_TFD,
   PORT_TFD_ERR_SHIFT,
   PowerState,
+  PRD_ENTRY_DBA,
+  PRD_ENTRY_DBAU,
+  PRD_ENTRY_DW3,
   PRD_ENTRY_DW3_DBC,
   PRD_ENTRY_SIZE,
   portOffset,
@@ -73,13 +77,12 @@ import {
   RECEIVED_FIS_SDBFIS,
   REG_D2H_FIS_FLAGS_I,
   REG_H2D_FIS_FLAGS_C,
-  REG_H2D_FIS_SIZE,
   REG_H2D_FIS_TYPE_VALUE,
   RegisterFile,
   SET_DEVICE_BITS_FIS_FLAGS_I,
 } from "../../../generated/ahci/index.ts";
 import type { BlockBackend } from "../../block/types.ts";
-import type { Clock } from "../../vmx/clock.ts";
+import { type Clock, RealClock } from "../../vmx/clock.ts";
 import { identifyData } from "./identify.ts";
 
 /** Where the controller reaches guest memory by DMA (a PhysicalMemory of the VMX host, or v86's RAM). */
@@ -87,6 +90,11 @@ export interface DmaMemory {
   isPhysicalRange(address: number, length: number): boolean;
   read(address: number, length: number): Uint8Array;
   write(address: number, data: Uint8Array): void;
+  /**
+   * Optional: a live view of RAM (see PhysicalMemory.liveView). With it the controller parses
+   * command headers and tables in place and disks read straight into guest buffers.
+   */
+  liveView?(address: number, length: number): Uint8Array;
 }
 
 export interface AhciControllerOptions {
@@ -115,8 +123,11 @@ const SIGNATURE_ATA = 0x00000101;
 class PortState {
   /** Bumped on reset or engine stop: a command that finishes after that is dropped. */
   epoch = 0;
-  /** Slots whose command is executing (queued ones stay here until their tag completes). */
-  readonly running = new Set<number>();
+  /**
+   * Slots whose command is executing, one bit per slot. A queued command leaves once the device
+   * has accepted it (its tag stays in PxSACT); any other stays until it completes or fails.
+   */
+  running = 0;
   /** An error stopped command processing until software clears PxCMD.ST. */
   halted = false;
   linkUp = false;
@@ -130,6 +141,97 @@ class PortState {
 }
 
 /**
+ * One command from its PxCI bit to its completion. Pooled and reused: at 100k commands a
+ * second, a fresh record and region list per command is measurable garbage.
+ */
+class Command {
+  port!: PortState;
+  slot = 0;
+  /** The port's epoch when the command was fetched: a reset since then drops it. */
+  epoch = 0;
+  headerAddress = 0;
+  ata!: AtaCommand;
+  /** The PRDT as parallel lists of guest addresses and byte counts; the first `regions` count. */
+  regions = 0;
+  readonly addresses: number[] = [];
+  readonly lengths: number[] = [];
+  /** Reusable destination for reads that scatter over several regions (see STAGING_LIMIT). */
+  staging: Uint8Array | null = null;
+  /** Bound once, for setImmediate and promise callbacks: continues the command after its delay. */
+  readonly resume: () => void;
+
+  constructor(run: (command: Command) => void) {
+    this.resume = () => run(this);
+  }
+
+  /** Records the `entries` PRD entries of a command table (read in place, no decode objects). */
+  readPrdt(table: Uint8Array, entries: number): void {
+    for (let i = 0; i < entries; i++) {
+      const at = COMMAND_TABLE_PRDT + i * PRD_ENTRY_SIZE;
+      this.addresses[i] = u32(table, at + PRD_ENTRY_DBA) + u32(table, at + PRD_ENTRY_DBAU) * 2 ** 32;
+      this.lengths[i] = (u32(table, at + PRD_ENTRY_DW3) & PRD_ENTRY_DW3_DBC) + 1;
+    }
+    this.regions = entries;
+  }
+
+  /** Bytes the PRDT can take. */
+  room(): number {
+    let sum = 0;
+    for (let i = 0; i < this.regions; i++) sum += this.lengths[i]!;
+    return sum;
+  }
+
+  /** The staging buffer, grown to at least `bytes`. */
+  stagingFor(bytes: number): Uint8Array {
+    if (this.staging === null || this.staging.length < bytes) this.staging = new Uint8Array(bytes);
+    return this.staging.subarray(0, bytes);
+  }
+}
+
+/** A command that moves sectors between the disk and guest memory. */
+type DataCommand = Extract<AtaCommand, { kind: "read" | "write" }>;
+
+/** A little-endian dword of a structure in guest memory, at a generated field offset. */
+function u32(bytes: Uint8Array, offset: number): number {
+  return (
+    (bytes[offset]! | (bytes[offset + 1]! << 8) | (bytes[offset + 2]! << 16) | (bytes[offset + 3]! << 24)) >>>
+    0
+  );
+}
+
+/**
+ * Reads that scatter over several PRD entries (Linux gives one per page) go through a per-command
+ * staging buffer up to this size instead of a fresh array per read; larger ones allocate.
+ */
+const STAGING_LIMIT = 256 * 1024;
+
+/** The D2H register FIS of every successful non-queued command: always the same bytes. */
+const COMPLETION_FIS = (() => {
+  const fis = emptyRegD2HFis();
+  fis.STATUS = DEVICE.readyStatus;
+  fis.FLAGS |= REG_D2H_FIS_FLAGS_I;
+  return encodeRegD2HFis(fis);
+})();
+
+/** The Set Device Bits FIS completing NCQ tag t, for every tag: built once, stored by copy. */
+const SDB_FIS = Array.from({ length: 32 }, (_, tag) => {
+  const fis = emptySetDeviceBitsFis();
+  fis.STATUS = DEVICE.readyStatus & 0x77;
+  fis.FLAGS |= SET_DEVICE_BITS_FIS_FLAGS_I;
+  fis.ACTIVE = (1 << tag) >>> 0;
+  return encodeSetDeviceBitsFis(fis);
+});
+
+/**
+ * Whether clock.sleep(0) is exactly "continue on the next setImmediate turn" (RealClock's is),
+ * so the controller may call setImmediate itself and skip a promise and two clock reads per
+ * command. Any other clock (a VirtualClock decides when time moves) gets its own sleep(0).
+ */
+function sleepZeroIsSetImmediate(clock: Clock): boolean {
+  return Object.getPrototypeOf(clock) === RealClock.prototype;
+}
+
+/**
  * The emulated AHCI 1.3.1 controller: the "physical" device behind the VMM. Its register
  * semantics come from the generated register file; this class adds what a device does on its
  * own: resets, the link, command processing with PRDT scatter/gather, NCQ and interrupts.
@@ -140,7 +242,12 @@ export class AhciController {
   private readonly memory: DmaMemory;
   private readonly clock: Clock;
   private readonly latencyMs: number;
+  /** Zero latency on a RealClock: a command continues on a plain setImmediate. */
+  private readonly immediateStart: boolean;
   private readonly identify: Uint8Array[];
+  private readonly pool: Command[] = [];
+  /** PRDBC as bytes, for the one dword of the command header the HBA writes back. */
+  private readonly prdbc = new Uint8Array(4);
   private line = false;
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
@@ -155,6 +262,7 @@ export class AhciController {
     this.memory = options.memory;
     this.clock = options.clock;
     this.latencyMs = options.latencyMs ?? 0;
+    this.immediateStart = this.latencyMs === 0 && sleepZeroIsSetImmediate(this.clock);
     this.onInterrupt = options.onInterrupt ?? (() => {});
     this.ports = options.disks.map((disk, i) => new PortState(i, disk, portOffset(i, 0)));
     this.identify = options.disks.map((disk, i) =>
@@ -235,7 +343,7 @@ export class AhciController {
 
   private dropCommands(port: PortState): void {
     port.epoch++;
-    port.running.clear();
+    port.running = 0;
     port.halted = false;
     this.registers.set(port.base + PORT_CI, 0);
     this.registers.set(port.base + PORT_SACT, 0);
@@ -318,103 +426,179 @@ export class AhciController {
 
   // ---- command processing ---------------------------------------------------------------------
 
+  /**
+   * Starts every issued slot that is not running yet, lowest first. Each is fetched now (header,
+   * FIS and PRDT, as the HBA does on the PxCI write) and continues asynchronously.
+   */
   private process(port: PortState): void {
     const r = this.registers;
     if (port.halted || (r.get(port.base + PORT_CMD) & PORT_CMD_ST) === 0 || !port.linkUp) return;
-    const issued = r.get(port.base + PORT_CI);
-    for (let slot = 0; slot < 32; slot++) {
-      if ((issued & (1 << slot)) === 0 || port.running.has(slot)) continue;
-      port.running.add(slot);
+    // A snapshot: a command that fails while fetched halts the port, but the slots already
+    // issued are still started (they finish silently, see complete()).
+    let waiting = r.get(port.base + PORT_CI) & ~port.running;
+    while (waiting !== 0) {
+      const bit = waiting & -waiting;
+      waiting ^= bit;
+      const slot = 31 - Math.clz32(bit);
+      port.running |= bit;
       this.inFlight++;
-      void this.execute(port, slot, port.epoch).finally(() => this.finished());
+      const command = this.fetchCommand(port, slot);
+      if (command === null) this.finished();
+      else this.delay(command);
     }
   }
 
   private finished(): void {
     this.inFlight--;
-    if (this.inFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
+    // A microtask later, and only if still idle: the interrupt handler of the command that just
+    // finished (a microtask queued before this one) may issue the next command.
+    if (this.inFlight === 0 && this.idleWaiters.length > 0) queueMicrotask(this.wakeIdleWaiters);
   }
 
-  private async execute(port: PortState, slot: number, epoch: number): Promise<void> {
+  private readonly wakeIdleWaiters = (): void => {
+    if (this.inFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
+  };
+
+  /**
+   * Reads the command header and table of `slot` and decodes them. Returns the command to run,
+   * or null when it already ended here: a pointer outside RAM, a bad FIS, a device control.
+   */
+  private fetchCommand(port: PortState, slot: number): Command | null {
     const r = this.registers;
     const clb = r.get(port.base + PORT_CLB) & PORT_CLB_CLB;
     const headerAddress =
       clb + r.get(port.base + PORT_CLBU) * 2 ** 32 + COMMAND_LIST_SLOT + slot * COMMAND_HEADER_SIZE;
-    const header = this.dma(() => decodeCommandHeader(this.memory.read(headerAddress, COMMAND_HEADER_SIZE)));
-    if (header === null) return this.hostBusError(port);
-    const tableAddress = header.CTBA + header.CTBAU * 2 ** 32;
-    const entries = (header.DW0 & COMMAND_HEADER_DW0_PRDTL) >>> COMMAND_HEADER_DW0_PRDTL_SHIFT;
-    const table = this.dma(() =>
-      this.memory.read(tableAddress, COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE),
-    );
-    if (table === null) return this.hostBusError(port);
-    const fisBytes = table.subarray(COMMAND_TABLE_CFIS, COMMAND_TABLE_CFIS + REG_H2D_FIS_SIZE);
-    const fis = decodeRegH2DFis(fisBytes);
-    const regions: { address: number; length: number }[] = [];
-    for (let i = 0; i < entries; i++) {
-      const entry = decodePrdEntry(table, COMMAND_TABLE_PRDT + i * PRD_ENTRY_SIZE);
-      regions.push({
-        address: entry.DBA + entry.DBAU * 2 ** 32,
-        length: (entry.DW3 & PRD_ENTRY_DW3_DBC) + 1,
-      });
+    const header = this.dmaView(headerAddress, COMMAND_HEADER_SIZE);
+    if (header === null) {
+      this.hostBusError(port);
+      return null;
     }
+    const dw0 = u32(header, COMMAND_HEADER_DW0);
+    const tableAddress = u32(header, COMMAND_HEADER_CTBA) + u32(header, COMMAND_HEADER_CTBAU) * 2 ** 32;
+    const entries = (dw0 & COMMAND_HEADER_DW0_PRDTL) >>> COMMAND_HEADER_DW0_PRDTL_SHIFT;
+    const table = this.dmaView(tableAddress, COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE);
+    if (table === null) {
+      this.hostBusError(port);
+      return null;
+    }
+    const fis = decodeRegH2DFis(table, COMMAND_TABLE_CFIS);
+    const command = this.pool.pop() ?? new Command(this.run);
+    command.port = port;
+    command.slot = slot;
+    command.epoch = port.epoch;
+    command.headerAddress = headerAddress;
+    command.readPrdt(table, entries);
     this.stats.commands++;
-    if (fis.TYPE !== REG_H2D_FIS_TYPE_VALUE) return this.fail(port, slot, null, ERROR_ABORT);
-    if ((fis.FLAGS & REG_H2D_FIS_FLAGS_C) === 0) return this.deviceControl(port, slot, fis.CONTROL);
+    if (fis.TYPE !== REG_H2D_FIS_TYPE_VALUE) {
+      this.fail(port, slot, null, ERROR_ABORT);
+      this.recycle(command);
+      return null;
+    }
+    if ((fis.FLAGS & REG_H2D_FIS_FLAGS_C) === 0) {
+      this.deviceControl(port, slot, fis.CONTROL);
+      this.recycle(command);
+      return null;
+    }
+    command.ata = decodeAtaCommand(fis);
+    return command;
+  }
 
-    const command = decodeAtaCommand(fis);
-    if (this.latencyMs > 0) await this.clock.sleep(this.latencyMs);
-    else await this.clock.sleep(0);
-    if (port.epoch !== epoch) return;
-    switch (command.kind) {
+  /** The device latency: `run` follows on a later turn, never within the PxCI write. */
+  private delay(command: Command): void {
+    if (this.immediateStart) setImmediate(command.resume);
+    else void this.clock.sleep(this.latencyMs).then(command.resume);
+  }
+
+  /** The command after its latency. Every path ends in retire(), synchronously or after I/O. */
+  private readonly run = (command: Command): void => {
+    const port = command.port;
+    const slot = command.slot;
+    const ata = command.ata;
+    if (port.epoch !== command.epoch) return this.retire(command);
+    switch (ata.kind) {
       case "read":
       case "write":
-        return this.transfer(port, slot, epoch, command, regions, headerAddress);
-      case "data_in":
-        if (command.name !== "IDENTIFY_DEVICE") return this.fail(port, slot, null, ERROR_ABORT);
-        return this.pioIn(port, slot, this.identify[port.index]!, regions, headerAddress);
+        void this.transfer(command, ata);
+        return;
       case "flush":
-        await port.disk.flush();
-        if (port.epoch !== epoch) return;
-        return this.complete(port, slot, null, 0, headerAddress);
+        void this.flush(command);
+        return;
+      case "data_in":
+        if (ata.name !== "IDENTIFY_DEVICE") this.fail(port, slot, null, ERROR_ABORT);
+        else this.pioIn(port, slot, this.identify[port.index]!, command);
+        break;
       case "nondata":
       case "trim":
-        return this.complete(port, slot, null, 0, headerAddress);
+        this.complete(port, slot, null, 0, command.headerAddress);
+        break;
       case "other":
-        return this.fail(port, slot, null, ERROR_ABORT);
+        this.fail(port, slot, null, ERROR_ABORT);
+        break;
+    }
+    this.retire(command);
+  };
+
+  /** The command is over: its record goes back to the pool. */
+  private retire(command: Command): void {
+    this.recycle(command);
+    this.finished();
+  }
+
+  private recycle(command: Command): void {
+    this.pool.push(command);
+  }
+
+  private async flush(command: Command): Promise<void> {
+    const port = command.port;
+    try {
+      // A failing flush rejects this promise, as it always has: nothing catches it.
+      await port.disk.flush();
+      if (port.epoch !== command.epoch) return;
+      this.complete(port, command.slot, null, 0, command.headerAddress);
+    } finally {
+      this.retire(command);
     }
   }
 
-  private async transfer(
-    port: PortState,
-    slot: number,
-    epoch: number,
-    command: Extract<AtaCommand, { kind: "read" | "write" }>,
-    regions: readonly { address: number; length: number }[],
-    headerAddress: number,
-  ): Promise<void> {
-    const tag = command.queued ? (command.tag ?? slot) : null;
+  private async transfer(command: Command, ata: DataCommand): Promise<void> {
+    try {
+      await this.move(command, ata);
+    } finally {
+      this.retire(command);
+    }
+  }
+
+  /** A DMA read or write: checks, the data between disk and guest memory, then completion. */
+  private async move(command: Command, ata: DataCommand): Promise<void> {
+    const { port, slot, epoch } = command;
+    const tag = ata.queued ? (ata.tag ?? slot) : null;
     if (tag !== null) {
       // The device accepts a queued command at once: its slot frees, its tag stays active.
       this.registers.clearBits(port.base + PORT_CI, 1 << slot);
-      port.running.delete(slot);
+      port.running &= ~(1 << slot);
     }
-    const bytes = command.sectors * DEVICE.sectorSize;
-    if (command.lba + command.sectors > port.disk.sectors) {
+    const bytes = ata.sectors * DEVICE.sectorSize;
+    if (ata.lba + ata.sectors > port.disk.sectors) {
       return this.fail(port, slot, tag, ERROR_ABORT | ERROR_ID_NOT_FOUND);
     }
-    const room = regions.reduce((sum, r) => sum + r.length, 0);
-    if (room < bytes) return this.fail(port, slot, tag, ERROR_ABORT);
+    if (command.room() < bytes) return this.fail(port, slot, tag, ERROR_ABORT);
     try {
-      if (command.kind === "read") {
-        const data = await port.disk.read(command.lba, command.sectors);
-        if (port.epoch !== epoch) return;
-        if (!this.scatter(data, regions)) return this.hostBusError(port);
+      if (ata.kind === "read") {
+        const direct = this.directTarget(command, bytes);
+        if (direct !== null) {
+          // The disk writes guest RAM itself, as a DMA engine does: no buffer in between.
+          await port.disk.readInto!(ata.lba, ata.sectors, direct);
+          if (port.epoch !== epoch) return;
+        } else {
+          const data = await this.readStaged(command, ata);
+          if (port.epoch !== epoch) return;
+          if (!this.scatter(data, command)) return this.hostBusError(port);
+        }
         this.stats.bytesRead += bytes;
       } else {
-        const data = this.gather(bytes, regions);
+        const data = this.gather(bytes, command);
         if (data === null) return this.hostBusError(port);
-        await port.disk.write(command.lba, data);
+        await port.disk.write(ata.lba, data);
         if (port.epoch !== epoch) return;
         this.stats.bytesWritten += bytes;
       }
@@ -422,24 +606,40 @@ export class AhciController {
       if (port.epoch !== epoch) return;
       return this.fail(port, slot, tag, ERROR_ABORT);
     }
-    this.complete(port, slot, tag, bytes, headerAddress);
+    this.complete(port, slot, tag, bytes, command.headerAddress);
   }
 
-  private pioIn(
-    port: PortState,
-    slot: number,
-    data: Uint8Array,
-    regions: readonly { address: number; length: number }[],
-    headerAddress: number,
-  ): void {
-    if (!this.scatter(data, regions)) return this.hostBusError(port);
+  /**
+   * Where a read can land without a copy: guest RAM of the first PRD entry, when it takes all
+   * `bytes`, lies in RAM, and both the memory (liveView) and the disk (readInto) allow it.
+   * Otherwise null, and the data takes the staged path with the same checks as always.
+   */
+  private directTarget(command: Command, bytes: number): Uint8Array | null {
+    const memory = this.memory;
+    if (memory.liveView === undefined || command.port.disk.readInto === undefined) return null;
+    if (command.regions === 0 || command.lengths[0]! < bytes) return null;
+    const address = command.addresses[0]!;
+    return memory.isPhysicalRange(address, bytes) ? memory.liveView(address, bytes) : null;
+  }
+
+  /** The sectors of a read, in the command's staging buffer when they fit, else fresh bytes. */
+  private readStaged(command: Command, ata: DataCommand): Promise<Uint8Array> {
+    const disk = command.port.disk;
+    const bytes = ata.sectors * DEVICE.sectorSize;
+    if (disk.readInto === undefined || bytes > STAGING_LIMIT) return disk.read(ata.lba, ata.sectors);
+    const staging = command.stagingFor(bytes);
+    return disk.readInto(ata.lba, ata.sectors, staging).then(() => staging);
+  }
+
+  private pioIn(port: PortState, slot: number, data: Uint8Array, command: Command): void {
+    if (!this.scatter(data, command)) return this.hostBusError(port);
     const fis = emptyPioSetupFis();
     fis.FLAGS |= PIO_SETUP_FIS_FLAGS_D | PIO_SETUP_FIS_FLAGS_I;
     fis.STATUS = STATUS_PIO_DATA;
     fis.E_STATUS = DEVICE.readyStatus;
     fis.TRANSFER = data.length;
     this.storeFis(port, RECEIVED_FIS_PSFIS, encodePioSetupFis(fis));
-    this.writeTransferred(headerAddress, data.length);
+    this.writeTransferred(command.headerAddress, data.length);
     this.registers.set(port.base + PORT_TFD, DEVICE.readyStatus);
     this.finishSlot(port, slot);
     this.raise(port, PORT_IS_PSS);
@@ -470,25 +670,18 @@ export class AhciController {
     r.set(port.base + PORT_TFD, DEVICE.readyStatus);
     if (tag === null) {
       this.writeTransferred(headerAddress, bytes);
-      const fis = emptyRegD2HFis();
-      fis.STATUS = DEVICE.readyStatus;
-      fis.FLAGS |= REG_D2H_FIS_FLAGS_I;
-      this.storeFis(port, RECEIVED_FIS_RFIS, encodeRegD2HFis(fis));
+      this.storeFis(port, RECEIVED_FIS_RFIS, COMPLETION_FIS);
       this.finishSlot(port, slot);
       this.raise(port, PORT_IS_DHRS);
     } else {
-      const fis = emptySetDeviceBitsFis();
-      fis.STATUS = DEVICE.readyStatus & 0x77;
-      fis.FLAGS |= SET_DEVICE_BITS_FIS_FLAGS_I;
-      fis.ACTIVE = (1 << tag) >>> 0;
-      this.storeFis(port, RECEIVED_FIS_SDBFIS, encodeSetDeviceBitsFis(fis));
+      this.storeFis(port, RECEIVED_FIS_SDBFIS, SDB_FIS[tag]!);
       r.clearBits(port.base + PORT_SACT, 1 << tag);
       this.raise(port, PORT_IS_SDBS);
     }
   }
 
   private finishSlot(port: PortState, slot: number): void {
-    port.running.delete(slot);
+    port.running &= ~(1 << slot);
     this.registers.clearBits(port.base + PORT_CI, 1 << slot);
   }
 
@@ -518,34 +711,41 @@ export class AhciController {
 
   // ---- DMA ------------------------------------------------------------------------------------
 
-  private dma<T>(read: () => T): T | null {
+  /**
+   * Guest memory [address, address + length) to parse at once: a live view where the memory
+   * has one (no copy), else a copy; null when it is not RAM (a host bus error).
+   */
+  private dmaView(address: number, length: number): Uint8Array | null {
+    const memory = this.memory;
     try {
-      return read();
+      return memory.liveView !== undefined ? memory.liveView(address, length) : memory.read(address, length);
     } catch {
       return null;
     }
   }
 
-  private scatter(data: Uint8Array, regions: readonly { address: number; length: number }[]): boolean {
+  private scatter(data: Uint8Array, command: Command): boolean {
     let at = 0;
-    for (const region of regions) {
+    for (let i = 0; i < command.regions; i++) {
       if (at >= data.length) break;
-      const take = Math.min(region.length, data.length - at);
-      if (!this.memory.isPhysicalRange(region.address, take)) return false;
-      this.memory.write(region.address, data.subarray(at, at + take));
+      const address = command.addresses[i]!;
+      const take = Math.min(command.lengths[i]!, data.length - at);
+      if (!this.memory.isPhysicalRange(address, take)) return false;
+      this.memory.write(address, data.subarray(at, at + take));
       at += take;
     }
     return true;
   }
 
-  private gather(bytes: number, regions: readonly { address: number; length: number }[]): Uint8Array | null {
+  private gather(bytes: number, command: Command): Uint8Array | null {
     const out = new Uint8Array(bytes);
     let at = 0;
-    for (const region of regions) {
+    for (let i = 0; i < command.regions; i++) {
       if (at >= bytes) break;
-      const take = Math.min(region.length, bytes - at);
-      if (!this.memory.isPhysicalRange(region.address, take)) return null;
-      out.set(this.memory.read(region.address, take), at);
+      const address = command.addresses[i]!;
+      const take = Math.min(command.lengths[i]!, bytes - at);
+      if (!this.memory.isPhysicalRange(address, take)) return null;
+      out.set(this.memory.read(address, take), at);
       at += take;
     }
     return out;
@@ -558,13 +758,15 @@ export class AhciController {
     if (this.memory.isPhysicalRange(base + offset, fis.length)) this.memory.write(base + offset, fis);
   }
 
+  /** PRDBC, the one dword of the command header the HBA writes back (the rest stays untouched). */
   private writeTransferred(headerAddress: number, bytes: number): void {
-    const raw = this.dma(() => this.memory.read(headerAddress, COMMAND_HEADER_SIZE));
-    if (raw === null) return;
-    // Only PRDBC changes: re-encode into the bytes read so the reserved dwords stay untouched.
-    const header = decodeCommandHeader(raw);
-    header.PRDBC = bytes;
-    this.memory.write(headerAddress, encodeCommandHeader(header, raw));
+    if (!this.memory.isPhysicalRange(headerAddress, COMMAND_HEADER_SIZE)) return;
+    const prdbc = this.prdbc;
+    prdbc[0] = bytes & 0xff;
+    prdbc[1] = (bytes >>> 8) & 0xff;
+    prdbc[2] = (bytes >>> 16) & 0xff;
+    prdbc[3] = (bytes >>> 24) & 0xff;
+    this.memory.write(headerAddress + COMMAND_HEADER_PRDBC, prdbc);
   }
 
   // ---- interrupts -----------------------------------------------------------------------------

@@ -47,6 +47,13 @@ export interface BuildGuestOptions {
   extraModules?: readonly string[];
   /** Where downloaded .deb files are kept (shared between output folders). Default `<outDir>/debs`. */
   debDir?: string;
+  /**
+   * MiB of data the guest never reads, stored in the root fs before the files its boot reads
+   * (`/archive/unread.bin`, pseudo-random so it is really allocated). Like the rest of a real OS image,
+   * it puts the boot's working set further into the disk, so a streaming deployment's sequential copy
+   * reaches it later. Default 40 (of the 64 MiB disk); 0 for none.
+   */
+  fillerMiB?: number;
 }
 
 export interface GuestAssets {
@@ -81,6 +88,15 @@ export interface GuestManifest {
   dataFiles: GuestDataFile[];
   /** The file the guest writes (a copy of /data/write-source.bin) and its expected content hash. */
   writeFile: GuestDataFile;
+  /** The file the guest writes after the host's go (a copy of /data/mid-512k.bin). */
+  afterFile: GuestDataFile;
+  /** The unread data before the boot's files (see BuildGuestOptions.fillerMiB), if any. */
+  fillerFile: { path: string; bytes: number } | null;
+  /**
+   * Disk sectors holding the files the root fs's init reads (busybox, /sbin/init, /data): the first and
+   * the one past the last, from the file system's own block map (debugfs).
+   */
+  bootFiles: { firstLba: number; endLba: number };
   builtAt: string;
   buildMs: number;
 }
@@ -128,6 +144,7 @@ export const APPLETS = [
 ] as const;
 
 export const PARTITION_START_LBA = 2048;
+export const FILLER_PATH = "/archive/unread.bin";
 const SECTOR = 512;
 
 /** Build (or find in the cache) the guest assets. */
@@ -137,13 +154,14 @@ export async function buildGuest(options: BuildGuestOptions = {}): Promise<Guest
   const diskMiB = options.diskMiB ?? 64;
   const initrdCompression = options.initrdCompression ?? "none";
   const extraModules = [...(options.extraModules ?? [])];
+  const fillerMiB = options.fillerMiB ?? 40;
   const paths = {
     vmlinuz: join(outDir, "vmlinuz"),
     initrd: join(outDir, "initrd.img"),
     disk: join(outDir, "disk.img"),
     manifest: join(outDir, "manifest.json"),
   };
-  const inputHash = await computeInputHash({ diskMiB, initrdCompression, extraModules });
+  const inputHash = await computeInputHash({ diskMiB, initrdCompression, extraModules, fillerMiB });
 
   if (!options.force) {
     const cached = await readManifest(paths.manifest);
@@ -221,7 +239,7 @@ export async function buildGuest(options: BuildGuestOptions = {}): Promise<Guest
 
     // 4. Root file system and disk.
     const rootDir = join(work, "rootfs");
-    const { dataFiles, writeSpec } = await populateRootfs(rootDir, busybox);
+    const { dataFiles, writeSpec, afterSpec } = await populateRootfs(rootDir, busybox, fillerMiB);
     const diskBytes = diskMiB * 1024 * 1024;
     const partSectors = diskBytes / SECTOR - PARTITION_START_LBA;
     const fsImage = join(work, "rootfs.ext4");
@@ -248,6 +266,13 @@ export async function buildGuest(options: BuildGuestOptions = {}): Promise<Guest
       ],
       { env: { ...process.env, E2FSPROGS_FAKE_TIME: "1700000000", MKE2FS_DEVICE_SECTSIZE: "512" } },
     );
+    const bootFiles = await bootFileSectors(fsImage, dataFiles);
+    if (fillerMiB > 0) {
+      log(
+        `guest: ${fillerMiB} MiB unread in ${FILLER_PATH}; the boot's files are at sectors ` +
+          `${bootFiles.firstLba}..${bootFiles.endLba} (${kib(bootFiles.firstLba * SECTOR)} into the disk)`,
+      );
+    }
     const fsBytes = new Uint8Array(await readFile(fsImage));
     if (fsBytes.length !== partSectors * SECTOR) {
       throw new Error(`mke2fs made ${fsBytes.length} bytes, expected ${partSectors * SECTOR}`);
@@ -270,6 +295,9 @@ export async function buildGuest(options: BuildGuestOptions = {}): Promise<Guest
       partitionSectors: partSectors,
       dataFiles,
       writeFile: writeSpec,
+      afterFile: afterSpec,
+      fillerFile: fillerMiB > 0 ? { path: FILLER_PATH, bytes: fillerMiB * 1024 * 1024 } : null,
+      bootFiles,
       builtAt: new Date().toISOString(),
       buildMs: Date.now() - started,
     };
@@ -307,6 +335,7 @@ async function computeInputHash(opts: {
   diskMiB: number;
   initrdCompression: string;
   extraModules: string[];
+  fillerMiB: number;
 }): Promise<string> {
   const h = createHash("sha256");
   h.update(JSON.stringify({ format: 1, ...opts }));
@@ -556,9 +585,16 @@ export function dataFileSpecs(): { path: string; bytes: number; seed: number }[]
 async function populateRootfs(
   rootDir: string,
   busybox: Uint8Array,
-): Promise<{ dataFiles: GuestDataFile[]; writeSpec: GuestDataFile }> {
+  fillerMiB: number,
+): Promise<{ dataFiles: GuestDataFile[]; writeSpec: GuestDataFile; afterSpec: GuestDataFile }> {
   for (const d of ["bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "data/small"]) {
     await mkdir(join(rootDir, d), { recursive: true });
+  }
+  if (fillerMiB > 0) {
+    // mke2fs -d adds a directory's entries in name order (e2fsprogs 1.47 scandir + alphasort), so
+    // /archive is allocated before /bin, /data and /sbin; bootFileSectors checks where they went.
+    await mkdir(join(rootDir, dirname(FILLER_PATH)), { recursive: true });
+    await writeFile(join(rootDir, FILLER_PATH), patternBytes(0x5eed, fillerMiB * 1024 * 1024));
   }
   await writeFile(join(rootDir, "bin/busybox"), busybox, { mode: 0o755 });
   for (const a of APPLETS) await symlink("busybox", join(rootDir, "bin", a));
@@ -572,7 +608,33 @@ async function populateRootfs(
   const sums = dataFiles.map((f) => `${f.sha256}  ${f.path}\n`).join("");
   await writeFile(join(rootDir, "data/SHA256SUMS"), sums);
   const src = dataFiles.find((f) => f.path === "/data/write-source.bin")!;
-  return { dataFiles, writeSpec: { path: "/medic-write.bin", bytes: src.bytes, sha256: src.sha256 } };
+  const after = dataFiles.find((f) => f.path === "/data/mid-512k.bin")!;
+  return {
+    dataFiles,
+    writeSpec: { path: "/medic-write.bin", bytes: src.bytes, sha256: src.sha256 },
+    afterSpec: { path: "/medic-after.bin", bytes: after.bytes, sha256: after.sha256 },
+  };
+}
+
+/** The disk sectors of the files the guest's init reads, from the file system's block map (debugfs). */
+async function bootFileSectors(
+  fsImage: string,
+  dataFiles: readonly GuestDataFile[],
+): Promise<{ firstLba: number; endLba: number }> {
+  let first = Number.POSITIVE_INFINITY;
+  let end = 0;
+  const paths = ["/bin/busybox", "/sbin/init", "/data/SHA256SUMS", ...dataFiles.map((f) => f.path)];
+  let stdout = "";
+  for (const p of paths) stdout += `${(await run("debugfs", ["-R", `blocks ${p}`, fsImage])).stdout}\n`;
+  for (const word of stdout.split(/\s+/)) {
+    if (!/^\d+$/.test(word)) continue;
+    const block = Number(word);
+    first = Math.min(first, block);
+    end = Math.max(end, block + 1);
+  }
+  if (!Number.isFinite(first)) throw new Error("debugfs found no blocks of the guest's files");
+  const perBlock = 4096 / SECTOR;
+  return { firstLba: PARTITION_START_LBA + first * perBlock, endLba: PARTITION_START_LBA + end * perBlock };
 }
 
 function sha256(bytes: Uint8Array): string {

@@ -14,7 +14,16 @@
  *   MEDIC-GUEST-READ files=<n> t=<uptime>            every file of /data/SHA256SUMS was read and checked
  *   MEDIC-GUEST-ERROR <what>                         a checksum failed, a write did not read back, ...
  *   MEDIC-GUEST-WROTE path=/medic-write.bin bytes=<n> sha256=<hex> t=<uptime>   written, synced, re-read from disk
- *   MEDIC-GUEST-READY t=<uptime> errors=<n>          all done; then `poweroff -f`
+ *   MEDIC-GUEST-READY t=<uptime> errors=<n>          the boot's work is done (the host's "OS ready")
+ *   MEDIC-GUEST-WAIT t=<uptime>                      only with `medic.wait=S` on the command line: waiting up to
+ *                                                    S seconds for a line on the console (the host's "go")
+ *   MEDIC-GUEST-AFTER path=/medic-after.bin bytes=<n> sha256=<hex> t=<uptime>   after the go (or at once without
+ *                                                    medic.wait): a second file written, synced, re-read
+ *   MEDIC-GUEST-DONE t=<uptime> errors=<n>           the root fs is remounted read-only (journal checkpointed,
+ *                                                    so the disk is clean); then `poweroff -f`
+ *
+ * The wait lets a host run the guest's last disk I/O at a moment of its choosing: a streaming deployment
+ * sends the go once the VMM is off, so that I/O is the guest's own, with no VMM in its path.
  */
 
 /** The initramfs /init. `@MODULES@` is replaced by the module paths, in load order. */
@@ -92,7 +101,39 @@ if [ "$got" != "$want" ]; then
 fi
 echo "MEDIC-GUEST-WROTE path=$dst bytes=$bytes sha256=$got t=$(up)"
 echo "MEDIC-GUEST-READY t=$(up) errors=$errors"
+wait_s=0
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    medic.wait=*) wait_s="\${arg#medic.wait=}" ;;
+  esac
+done
+if [ "$wait_s" -gt 0 ]; then
+  echo "MEDIC-GUEST-WAIT t=$(up)"
+  if ! read -t "$wait_s" go < /dev/console; then
+    echo "MEDIC-GUEST-ERROR no go from the host within $wait_s s"
+    errors=$((errors + 1))
+  fi
+fi
+src=/data/mid-512k.bin
+dst=/medic-after.bin
+want=$(sha256sum "$src" | cut -d' ' -f1)
+rm -f "$dst"
+cp "$src" "$dst"
 sync
+echo 3 > /proc/sys/vm/drop_caches
+got=$(sha256sum "$dst" | cut -d' ' -f1)
+bytes=$(wc -c < "$dst")
+if [ "$got" != "$want" ]; then
+  echo "MEDIC-GUEST-ERROR write readback $dst sha256=$got expected=$want"
+  errors=$((errors + 1))
+fi
+echo "MEDIC-GUEST-AFTER path=$dst bytes=$bytes sha256=$got t=$(up)"
+umount /tmp
+if ! mount -o remount,ro /; then
+  echo "MEDIC-GUEST-ERROR remount read-only failed"
+  errors=$((errors + 1))
+fi
+echo "MEDIC-GUEST-DONE t=$(up) errors=$errors"
 poweroff -f
 sleep 5
 `;

@@ -233,8 +233,24 @@ const POWER_PATTERNS: [RegExp, PowerOffReason][] = [
   [/Kernel panic - not syncing/, "panic"],
 ];
 
+/** A machine that is loaded and has its device plugged in, but does not run yet. */
+export interface LoadedV86Machine extends V86Machine {
+  /** Start the CPU (once); times reported by the machine count from here. */
+  run(): Promise<void>;
+}
+
 /** Create the PC, plug in `pciDevice`, and start it. */
 export async function startV86Machine(options: V86MachineOptions): Promise<V86Machine> {
+  const machine = await loadV86Machine(options);
+  await machine.run();
+  return machine;
+}
+
+/**
+ * Create the PC and plug in `pciDevice` (its `attach` runs here), without starting the CPU: the caller
+ * can finish wiring the device (e.g. install a deployment engine) before the firmware first touches it.
+ */
+export async function loadV86Machine(options: V86MachineOptions): Promise<LoadedV86Machine> {
   const memoryBytes = (options.memoryMiB ?? 256) * 1024 * 1024;
   const emulator = new V86({
     wasm_path: v86WasmPath(),
@@ -466,11 +482,15 @@ export async function startV86Machine(options: V86MachineOptions): Promise<V86Ma
     dev.attach(platform);
   }
 
-  t0 = performance.now();
-  cpu0 = process.cpuUsage();
-  await emulator.run();
-
+  let started = false;
   return {
+    async run() {
+      if (started || stopped) return;
+      started = true;
+      t0 = performance.now();
+      cpu0 = process.cpuUsage();
+      await emulator.run();
+    },
     lines,
     consoleText: () => consoleText,
     done,
