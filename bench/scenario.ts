@@ -59,7 +59,11 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
     });
     const local = new SparseBackend(o.imageSectors, 128, "local disk");
     const machine = new Machine({ disks: [local], clock, mediated: true });
-    const bitmap = LocalBitmap.inMemory({ blockBytes: o.blockBytes ?? 65536, imageSectors: o.imageSectors, imageTag: o.pattern });
+    const bitmap = LocalBitmap.inMemory({
+      blockBytes: o.blockBytes ?? 65536,
+      imageSectors: o.imageSectors,
+      imageTag: o.pattern,
+    });
     const engine = new DeploymentEngine({
       device: machine.mediator!,
       image,

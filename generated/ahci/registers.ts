@@ -26,9 +26,7 @@ export const DeviceDetection = {
   /** PHY in offline mode (interface disabled or in loopback) */
   OFFLINE: 0x04,
 } as const;
-
 export type DeviceDetection = (typeof DeviceDetection)[keyof typeof DeviceDetection];
-
 /** PxSCTL.DET: what software asks of the interface */
 export const DetectionControl = {
   /** no device detection or initialisation action requested */
@@ -38,9 +36,7 @@ export const DetectionControl = {
   /** disable the SATA interface and put the PHY in offline mode */
   DISABLE: 0x04,
 } as const;
-
 export type DetectionControl = (typeof DetectionControl)[keyof typeof DetectionControl];
-
 /** PxSSTS.SPD: negotiated interface speed */
 export const InterfaceSpeed = {
   /** device not present or communication not established */
@@ -52,9 +48,7 @@ export const InterfaceSpeed = {
   /** 6 Gbps */
   GEN3: 0x03,
 } as const;
-
 export type InterfaceSpeed = (typeof InterfaceSpeed)[keyof typeof InterfaceSpeed];
-
 /** PxSSTS.IPM: interface power management state */
 export const PowerState = {
   /** device not present or communication not established */
@@ -68,9 +62,7 @@ export const PowerState = {
   /** interface in DevSleep power management state */
   DEVSLEEP: 0x08,
 } as const;
-
 export type PowerState = (typeof PowerState)[keyof typeof PowerState];
-
 /** Frame Information Structure types (SATA 3.x, 10.3) */
 export const FisType = {
   /** register FIS, host to device */
@@ -90,9 +82,7 @@ export const FisType = {
   /** set device bits, device to host */
   SET_BITS: 0xA1,
 } as const;
-
 export type FisType = (typeof FisType)[keyof typeof FisType];
-
 /** Generic host control: offset of the block in the window */
 export const HOST_BASE = 0x000;
 /** Generic host control: bytes per copy */

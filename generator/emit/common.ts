@@ -1,4 +1,18 @@
-import { IndentationText, NewLineKind, Project, QuoteKind, type SourceFile } from "ts-morph";
+import {
+  type ClassDeclarationStructure,
+  type FunctionDeclarationStructure,
+  IndentationText,
+  type InterfaceDeclarationStructure,
+  NewLineKind,
+  type OptionalKind,
+  Project,
+  QuoteKind,
+  type SourceFile,
+  type StatementStructures,
+  StructureKind,
+  type TypeAliasDeclarationStructure,
+  type VariableStatementStructure,
+} from "ts-morph";
 
 /** One file the compiler writes, relative to the output directory. */
 export interface GeneratedFile {
@@ -85,4 +99,43 @@ export function docText(doc: string): string {
 /** A JS string literal. */
 export function str(text: string): string {
   return JSON.stringify(text);
+}
+
+/**
+ * Collects a file's declarations as ts-morph structures and adds them in one call: adding
+ * thousands of constants one by one makes ts-morph re-process the file each time.
+ */
+export class StatementBatch {
+  private readonly items: (string | StatementStructures)[] = [];
+
+  addVariableStatement(s: OptionalKind<VariableStatementStructure>): void {
+    this.items.push({ ...s, kind: StructureKind.VariableStatement });
+  }
+
+  addTypeAlias(s: OptionalKind<TypeAliasDeclarationStructure>): void {
+    this.items.push({ ...s, kind: StructureKind.TypeAlias });
+  }
+
+  addFunction(s: OptionalKind<FunctionDeclarationStructure>): void {
+    this.items.push({ ...s, kind: StructureKind.Function });
+  }
+
+  addInterface(s: OptionalKind<InterfaceDeclarationStructure>): void {
+    this.items.push({ ...s, kind: StructureKind.Interface });
+  }
+
+  addClass(s: OptionalKind<ClassDeclarationStructure>): void {
+    this.items.push({ ...s, kind: StructureKind.Class });
+  }
+
+  addStatements(text: string): void {
+    this.items.push(text);
+  }
+
+  /** Builds the source file from everything collected. */
+  toSourceFile(path: string): SourceFile {
+    const file = newSourceFile(newProject(), path);
+    file.addStatements(this.items);
+    return file;
+  }
 }

@@ -1,4 +1,4 @@
-import { type SourceFile, VariableDeclarationKind } from "ts-morph";
+import { VariableDeclarationKind } from "ts-morph";
 import type { BlockModel, DeviceModel, FieldModel, RegisterModel } from "../model.ts";
 import {
   constName,
@@ -9,6 +9,7 @@ import {
   memberName,
   newProject,
   newSourceFile,
+  StatementBatch,
   str,
 } from "./common.ts";
 
@@ -18,7 +19,7 @@ import {
  * emulated device and the mediator both use it, so neither hand-copies a constant.
  */
 export function emitRegisters(model: DeviceModel, path: string): GeneratedFile {
-  const file = newSourceFile(newProject(), path);
+  const file = new StatementBatch();
   emitIdentity(file, model);
   for (const e of model.enums) {
     file.addVariableStatement({
@@ -37,10 +38,10 @@ export function emitRegisters(model: DeviceModel, path: string): GeneratedFile {
   for (const block of model.blocks) emitBlock(file, block);
   emitTables(file, model);
   emitRegisterFile(file, model);
-  return finish(file, model.source, path);
+  return finish(file.toSourceFile(path), model.source, path);
 }
 
-function emitIdentity(file: SourceFile, model: DeviceModel): void {
+function emitIdentity(file: StatementBatch, model: DeviceModel): void {
   const id = model.identity;
   const extra = Object.entries(id.extra)
     .sort(([a], [b]) => a.localeCompare(b))
@@ -67,7 +68,7 @@ function emitIdentity(file: SourceFile, model: DeviceModel): void {
   });
 }
 
-function emitBlock(file: SourceFile, block: BlockModel): void {
+function emitBlock(file: StatementBatch, block: BlockModel): void {
   const B = constName(block.name);
   const repeated = block.count > 1;
   const constants: [string, string, string][] = [
@@ -99,14 +100,14 @@ function emitBlock(file: SourceFile, block: BlockModel): void {
   for (const reg of block.registers) emitRegister(file, B, reg);
 }
 
-function emitRegister(file: SourceFile, B: string, reg: RegisterModel): void {
+function emitRegister(file: StatementBatch, B: string, reg: RegisterModel): void {
   const R = `${B}_${constName(reg.name)}`;
   addConst(file, R, hex(reg.offset, 2), `${reg.doc} (offset in the block)`);
   addConst(file, `${R}_RESET`, hex(reg.reset), `${reg.name} value after reset`);
   for (const f of reg.fields) emitField(file, R, f);
 }
 
-function emitField(file: SourceFile, R: string, f: FieldModel): void {
+function emitField(file: StatementBatch, R: string, f: FieldModel): void {
   const F = `${R}_${constName(f.name)}`;
   const bits = f.width === 1 ? `bit ${f.lsb}` : `bits ${f.msb}:${f.lsb}`;
   const traits = [f.access, f.selfclear ? "self-clearing" : "", f.enumName ? `values: ${f.enumName}` : ""]
@@ -117,7 +118,7 @@ function emitField(file: SourceFile, R: string, f: FieldModel): void {
     addConst(file, `${F}_SHIFT`, String(f.lsb), `${f.name}: position of the field's lowest bit`);
 }
 
-function addConst(file: SourceFile, name: string, initializer: string, doc: string): void {
+function addConst(file: StatementBatch, name: string, initializer: string, doc: string): void {
   file.addVariableStatement({
     isExported: true,
     declarationKind: VariableDeclarationKind.Const,
@@ -127,7 +128,7 @@ function addConst(file: SourceFile, name: string, initializer: string, doc: stri
 }
 
 /** Data tables describing every register, for the register file and for tools (trace decoding). */
-function emitTables(file: SourceFile, model: DeviceModel): void {
+function emitTables(file: StatementBatch, model: DeviceModel): void {
   file.addInterface({
     isExported: true,
     name: "RegisterInfo",
@@ -185,7 +186,7 @@ function emitTables(file: SourceFile, model: DeviceModel): void {
  * The register file: one value per dword of the window plus per-dword masks, so an access costs
  * a few array loads whatever the register. Offsets that hold no register read 0 and ignore writes.
  */
-function emitRegisterFile(file: SourceFile, _model: DeviceModel): void {
+function emitRegisterFile(file: StatementBatch, _model: DeviceModel): void {
   file.addFunction({
     isExported: true,
     name: "registerName",

@@ -1,4 +1,4 @@
-import { type SourceFile, VariableDeclarationKind } from "ts-morph";
+import { VariableDeclarationKind } from "ts-morph";
 import type { DeviceModel, MemberModel, ScalarMember, StructModel, ValueModel } from "../model.ts";
 import {
   constName,
@@ -9,6 +9,7 @@ import {
   memberName,
   newProject,
   newSourceFile,
+  StatementBatch,
 } from "./common.ts";
 
 /**
@@ -17,17 +18,17 @@ import {
  * setters for values assembled from split bytes (48-bit LBA from six bytes).
  */
 export function emitStructs(model: DeviceModel, path: string): GeneratedFile {
-  const file = newSourceFile(newProject(), path);
+  const file = new StatementBatch();
   emitByteHelpers(
     file,
     model.structs.some((s) => s.members.some((m) => m.kind === "scalar" && m.type === "u64")),
   );
   const byName = new Map(model.structs.map((s) => [s.name, s]));
   for (const s of model.structs) emitStruct(file, s, byName);
-  return finish(file, model.source, path);
+  return finish(file.toSourceFile(path), model.source, path);
 }
 
-function emitByteHelpers(file: SourceFile, wide: boolean): void {
+function emitByteHelpers(file: StatementBatch, wide: boolean): void {
   const helpers = `// Little-endian accessors. Plain byte arithmetic: no DataView allocation per field.
 function readU16(b: Uint8Array, o: number): number {
   return b[o]! | (b[o + 1]! << 8);
@@ -66,7 +67,7 @@ function writeU64(b: Uint8Array, o: number, v: bigint): void {
   file.addStatements(kept);
 }
 
-function emitStruct(file: SourceFile, s: StructModel, byName: ReadonlyMap<string, StructModel>): void {
+function emitStruct(file: StatementBatch, s: StructModel, byName: ReadonlyMap<string, StructModel>): void {
   const S = constName(s.name);
   addConst(
     file,
@@ -172,7 +173,7 @@ function hasConstants(s: StructModel, byName: ReadonlyMap<string, StructModel>):
 }
 
 /** A function writing the structure's constants (FIS types), also inside embedded structures. */
-function emitConstants(file: SourceFile, s: StructModel, byName: ReadonlyMap<string, StructModel>): void {
+function emitConstants(file: StatementBatch, s: StructModel, byName: ReadonlyMap<string, StructModel>): void {
   const S = constName(s.name);
   const statements: string[] = [];
   for (const m of s.members) {
@@ -276,7 +277,7 @@ function encodeStatement(m: MemberModel, byName: ReadonlyMap<string, StructModel
 }
 
 function emitTail(
-  file: SourceFile,
+  file: StatementBatch,
   s: StructModel,
   member: string,
   element: string,
@@ -297,7 +298,7 @@ function emitTail(
   });
 }
 
-function emitValue(file: SourceFile, s: StructModel, v: ValueModel): void {
+function emitValue(file: StatementBatch, s: StructModel, v: ValueModel): void {
   const base = `${memberName(s.name)}${typeNameOf(v.name)}`;
   // Parts are most significant first; position counts from the least significant end.
   let position = 0;
@@ -353,7 +354,7 @@ function typeNameOf(name: string): string {
   return camel[0]!.toUpperCase() + camel.slice(1);
 }
 
-function addConst(file: SourceFile, name: string, initializer: string, doc: string): void {
+function addConst(file: StatementBatch, name: string, initializer: string, doc: string): void {
   file.addVariableStatement({
     isExported: true,
     declarationKind: VariableDeclarationKind.Const,

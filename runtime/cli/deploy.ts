@@ -10,7 +10,14 @@ import { formatBytes, formatMs, progressPrinter } from "./progress.ts";
 const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload boot|none|TRACE] [--link-mbps N]
                     [--latency-ms N] [--block-size N] [--background-mbps N] [--manifest FILE]
                     [--verify] [--json]
-  SRC: a file path, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, http(s)://...`;
+       medic deploy --guest linux --image SRC --disk FILE [--mode bare|passthrough|streaming]
+                    [--guest-dir DIR] [--console] [the options above but --workload]
+  SRC: a file path, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, http(s)://...
+  --guest linux: the real Linux guest (npx medic guest build) boots on an emulated PC (v86) from the
+  local disk behind medic's AHCI controller; its kernel and initrd come from --guest-dir (default: beside
+  a local image file, else .cache/guest). --mode streaming (default) streams the image while it boots;
+  bare and passthrough copy the image first (copy-then-boot), passthrough trapping every register
+  access to the mediator. --console shows the guest's serial console.`;
 
 export interface DeployRun {
   readonly summary: DeploySummary;
@@ -20,6 +27,7 @@ export interface DeployRun {
 /** `medic deploy`: stream an image to a local disk while a guest runs, then step aside. */
 export async function deployCommand(args: string[]): Promise<number> {
   const o = parseDeployArgs(args);
+  if (o.guest === "linux") return deployLinuxCommand(o);
   const clock = new RealClock();
   const manifest = o.manifest ? await loadManifest(o.manifest) : null;
   const blockBytes = o.blockBytes ?? manifest?.blockSize;
@@ -90,6 +98,98 @@ export async function deployCommand(args: string[]): Promise<number> {
   }
 }
 
+/** `medic deploy --guest linux`: the real Linux guest boots from the local disk (runtime/platform/v86). */
+async function deployLinuxCommand(o: DeployArgs): Promise<number> {
+  const { deployLinux, defaultGuestDir, guestFilesIn } = await import("../platform/v86/linux-deploy.ts");
+  const { DeployError } = await import("../deploy/session.ts");
+  const manifest = o.manifest ? await loadManifest(o.manifest) : null;
+  const blockBytes = o.blockBytes ?? manifest?.blockSize;
+  if (manifest && blockBytes !== manifest.blockSize) {
+    throw new CliError(
+      `--block-size ${blockBytes} differs from the manifest's block size ${manifest.blockSize}`,
+    );
+  }
+  const mode = o.mode ?? "streaming";
+  const guestDir = o.guestDir ?? defaultGuestDir(o.image);
+  const progress = o.json ? null : progressPrinter(process.stderr);
+  const tty = process.stderr.isTTY === true;
+  try {
+    const guest = await guestFilesIn(guestDir);
+    if (!o.json) {
+      process.stderr.write(
+        mode === "streaming"
+          ? `medic: booting the Linux guest (${guestDir}) from ${o.disk} while ${o.image} streams in\n`
+          : `medic: copying ${o.image} to ${o.disk}, then booting the Linux guest (${guestDir}), ${mode === "bare" ? "with no VMM" : "every register access through the mediator"}\n`,
+      );
+    }
+    const result = await deployLinux({
+      image: o.image,
+      disk: o.disk,
+      mode,
+      guest,
+      clock: new RealClock(),
+      linkBytesPerSecond: o.linkMbps ? (o.linkMbps * 1e6) / 8 : undefined,
+      latencyMs: o.latencyMs,
+      blockBytes,
+      backgroundRate: o.backgroundMbps ? (o.backgroundMbps * 1e6) / 8 : undefined,
+      verifyBlock: manifest ? (block, data) => verifyBlock(manifest, block, data) : undefined,
+      verify: o.verify,
+      onProgress: progress ? (p) => progress.update(p) : undefined,
+      onConsole: o.console
+        ? (line) => process.stderr.write(`${tty ? "\r\x1b[2K" : ""}| ${line.text}\n`)
+        : undefined,
+      onEvent: (e) => {
+        if (o.json) return;
+        if ("type" in e) {
+          if (e.type === "retry")
+            process.stderr.write(`\nfetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}\n`);
+          if (e.type === "error") process.stderr.write(`\ndeployment error: ${e.error}\n`);
+        } else if (e.kind === "reconnecting" || e.kind === "timeout") {
+          process.stderr.write(
+            `\nimage server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}\n`,
+          );
+        }
+      },
+    });
+    progress?.done();
+    const s = result.summary;
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
+    } else {
+      const lines = [
+        `guest: Linux (unmodified) in ${mode} mode; MEDIC-GUEST-READY ${formatMs(s.boot_ms ?? 0)} after power-on` +
+          (s.copy_ms !== null ? `, after a ${formatMs(s.copy_ms)} copy` : ""),
+        `phases: ${Object.entries(s.boot_phases)
+          .map(([k, v]) => `${k} ${v.toFixed(1)}s`)
+          .join(", ")}`,
+        `OS ready at ${formatMs(s.os_ready_ms ?? 0)} from the start (${s.guest_reads} guest reads, ${s.guest_writes} writes)`,
+      ];
+      process.stderr.write(`${lines.join("\n")}\n`);
+      printSummary({ ...s, os_ready_ms: null }, s.verify_detail?.bad_sectors ?? []);
+      if (s.verify_detail) {
+        const d = s.verify_detail;
+        process.stderr.write(
+          `verify: ${d.image_sectors} sectors equal the image, ${d.guest_sectors_known} equal what the guest wrote through the mediator, ` +
+            `${d.guest_sectors_unknown} written by the guest with no VMM in the path (not compared)\n`,
+        );
+      }
+      if (s.guest_disk) {
+        const files = s.guest_disk.files.map(
+          (f) => `${f.path} ${f.ok ? "ok" : f.sha256 === null ? "MISSING" : "WRONG CONTENT"}`,
+        );
+        process.stderr.write(
+          `guest's disk: e2fsck ${s.guest_disk.fsckClean ? "clean" : "FOUND PROBLEMS"}; ${files.join(", ")}\n`,
+        );
+      }
+    }
+    return s.verified === false || s.guest_errors.length > 0 ? 1 : 0;
+  } catch (error) {
+    progress?.done();
+    if (error instanceof DeployError) throw new CliError(error.message, 1);
+    throw error;
+  }
+}
+
 function printSummary(s: DeploySummary, bad: readonly number[]): void {
   const lines = [
     `image ${formatBytes(s.image_bytes)}: fetched ${formatBytes(s.bytes_fetched)} (redirected to the guest ${formatBytes(s.bytes_redirected)}, background ${formatBytes(s.bytes_background)})${s.resumed ? `, ${formatBytes(s.local_bytes_at_start)} was already local` : ""}`,
@@ -132,6 +232,10 @@ interface DeployArgs {
   image: string;
   disk: string;
   workload: string;
+  guest?: "linux";
+  mode?: "bare" | "passthrough" | "streaming";
+  guestDir?: string;
+  console: boolean;
   linkMbps?: number;
   latencyMs?: number;
   blockBytes?: number;
@@ -157,6 +261,10 @@ export function parseDeployArgs(args: string[]): DeployArgs {
         manifest: { type: "string" },
         verify: { type: "boolean" },
         json: { type: "boolean" },
+        guest: { type: "string" },
+        mode: { type: "string" },
+        "guest-dir": { type: "string" },
+        console: { type: "boolean" },
       },
     }));
   } catch (error) {
@@ -164,7 +272,25 @@ export function parseDeployArgs(args: string[]): DeployArgs {
   }
   if (typeof values.image !== "string") throw new CliError(`--image is required\n${USAGE}`);
   if (typeof values.disk !== "string") throw new CliError(`--disk is required\n${USAGE}`);
+  const guest = values.guest;
+  if (guest !== undefined && guest !== "linux")
+    throw new CliError(`--guest must be linux, not '${String(guest)}'`);
+  const mode = values.mode;
+  if (mode !== undefined && mode !== "bare" && mode !== "passthrough" && mode !== "streaming") {
+    throw new CliError(`--mode must be bare, passthrough or streaming, not '${String(mode)}'`);
+  }
+  if (guest === undefined) {
+    for (const flag of ["mode", "guest-dir", "console"]) {
+      if (values[flag] !== undefined) throw new CliError(`--${flag} needs --guest linux\n${USAGE}`);
+    }
+  } else if (values.workload !== undefined) {
+    throw new CliError("--workload and --guest exclude each other: the guest is the workload");
+  }
   return {
+    guest,
+    mode,
+    guestDir: typeof values["guest-dir"] === "string" ? values["guest-dir"] : undefined,
+    console: values.console === true,
     image: values.image,
     disk: values.disk,
     workload: typeof values.workload === "string" ? values.workload : "boot",

@@ -8,6 +8,8 @@ usage:
   medic replay TRACE... [--mode bare|passthrough|streaming] replay guest traces, check expectations
   medic deploy --image SRC --disk FILE [options]           stream an OS image while a guest boots
   medic manifest IMAGE [--block-size N]                   per-block SHA-256 of an image (for --manifest)
+  medic guest build [--out DIR]                           build the real Linux guest (kernel, initrd, disk)
+  medic bench [--quick] [--json FILE] [--html FILE]       the paper's experiments, as ratios
   medic start                                             the main job on the embedded default
   medic help                                              this text
 `;
@@ -21,7 +23,9 @@ const commands: Record<string, Command> = {
   replay: async (args) => (await import("./replay.ts")).replayCommand(args),
   deploy: async (args) => (await import("./deploy.ts")).deployCommand(args),
   manifest: async (args) => (await import("./manifest.ts")).manifestCommand(args),
+  guest: async (args) => (await import("./guest.ts")).guestCommand(args),
   start: async (args) => (await import("./start.ts")).startCommand(args),
+  bench: async (args) => (await import("./bench.ts")).benchCommand(args),
   help: async () => {
     process.stdout.write(USAGE);
     return 0;

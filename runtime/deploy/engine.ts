@@ -53,6 +53,8 @@ export interface EngineOptions {
   readonly maxCachedBytes?: number;
   /** Background copy rate limit in bytes per second (Infinity: as fast as the link allows; 0: off, copy on read only). */
   readonly backgroundRate?: number;
+  /** The background copy starts only after the guest has issued nothing for this long (ms). */
+  readonly guestQuietMs?: number;
   /** Blocks after a guest miss fetched next. */
   readonly readAhead?: number;
   /** Local writes between the engine's flushes. */
@@ -146,6 +148,8 @@ export class DeploymentEngine {
   private writerRunning = false;
   private bytesSinceFlush = 0;
   private nextBackgroundAt = 0;
+  /** When the guest last issued a command: the background copy waits for a quiet moment. */
+  private lastGuestAt = Number.NEGATIVE_INFINITY;
   private stopped = false;
   private failure: Error | null = null;
   private devirtualized = false;
@@ -162,6 +166,7 @@ export class DeploymentEngine {
       maxCachedBytes: 64 * 1024 * 1024,
       backgroundRate: Number.POSITIVE_INFINITY,
       readAhead: 16,
+      guestQuietMs: 5,
       flushEveryBytes: 64 * 1024 * 1024,
       retries: 5,
       ...definedOnly(options),
@@ -246,6 +251,7 @@ export class DeploymentEngine {
   // ---- interpret ------------------------------------------------------------------------------
 
   private interpret(request: BlockRequest): Decision {
+    this.lastGuestAt = this.o.clock.now();
     switch (request.op) {
       case "read":
         this.stats.guestReads++;
@@ -636,6 +642,12 @@ export class DeploymentEngine {
         // A background rate of 0 turns the background copy off: only the guest's misses are fetched.
         const next = this.o.backgroundRate > 0 ? this.nextRemote() : -1;
         const room = this.cache.size * this.blockBytes < this.o.maxCachedBytes;
+        const quietFor = this.o.clock.now() - this.lastGuestAt;
+        if (next >= 0 && quietFor < this.o.guestQuietMs) {
+          // Back off while the guest is busy: its commands must not queue behind the copy.
+          await this.changed(this.o.guestQuietMs - quietFor);
+          continue;
+        }
         if (next >= 0 && room && this.inFlightFetches < this.o.fetchDepth) {
           const now = this.o.clock.now();
           if (now < this.nextBackgroundAt) {
@@ -646,7 +658,8 @@ export class DeploymentEngine {
           const count = this.runLength(next);
           const bytes = count * this.blockBytes;
           if (Number.isFinite(this.o.backgroundRate)) {
-            this.nextBackgroundAt = Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
+            this.nextBackgroundAt =
+              Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
           }
           void this.fetchRun(next, count, false).catch(() => {});
           continue;

@@ -155,7 +155,7 @@ class Command {
   regions = 0;
   readonly addresses: number[] = [];
   readonly lengths: number[] = [];
-  /** Reusable destination for reads that scatter over several regions (see STAGING_LIMIT). */
+  /** Reusable buffer for scattered reads and for writes (see STAGING_LIMIT). */
   staging: Uint8Array | null = null;
   /** Bound once, for setImmediate and promise callbacks: continues the command after its delay. */
   readonly resume: () => void;
@@ -200,8 +200,8 @@ function u32(bytes: Uint8Array, offset: number): number {
 }
 
 /**
- * Reads that scatter over several PRD entries (Linux gives one per page) go through a per-command
- * staging buffer up to this size instead of a fresh array per read; larger ones allocate.
+ * Reads that scatter over several PRD entries (Linux gives one per page), and writes, go through
+ * a per-command staging buffer up to this size instead of a fresh array each; larger ones allocate.
  */
 const STAGING_LIMIT = 256 * 1024;
 
@@ -586,7 +586,9 @@ export class AhciController {
       if (ata.kind === "read") {
         const direct = this.directTarget(command, bytes);
         if (direct !== null) {
-          // The disk writes guest RAM itself, as a DMA engine does: no buffer in between.
+          // The disk writes guest RAM itself, as a DMA engine does: no buffer in between. (So,
+          // as with real DMA, a disk that fails midway or is slower than a port reset may have
+          // written part of the buffer; on the staged path nothing lands then.)
           await port.disk.readInto!(ata.lba, ata.sectors, direct);
           if (port.epoch !== epoch) return;
         } else {
@@ -737,15 +739,24 @@ export class AhciController {
     return true;
   }
 
+  /**
+   * The data of a write, gathered from its PRD entries into the command's staging buffer (or a
+   * fresh one when large); null when an entry is not RAM. The disk has copied or written it by
+   * the time its write resolves, so the buffer is free again when the command retires.
+   */
   private gather(bytes: number, command: Command): Uint8Array | null {
-    const out = new Uint8Array(bytes);
+    const memory = this.memory;
+    const out = bytes <= STAGING_LIMIT ? command.stagingFor(bytes) : new Uint8Array(bytes);
     let at = 0;
     for (let i = 0; i < command.regions; i++) {
       if (at >= bytes) break;
       const address = command.addresses[i]!;
       const take = Math.min(command.lengths[i]!, bytes - at);
-      if (!this.memory.isPhysicalRange(address, take)) return null;
-      out.set(this.memory.read(address, take), at);
+      if (!memory.isPhysicalRange(address, take)) return null;
+      out.set(
+        memory.liveView !== undefined ? memory.liveView(address, take) : memory.read(address, take),
+        at,
+      );
       at += take;
     }
     return out;

@@ -51,7 +51,7 @@ export interface BuildGuestOptions {
    * MiB of data the guest never reads, stored in the root fs before the files its boot reads
    * (`/archive/unread.bin`, pseudo-random so it is really allocated). Like the rest of a real OS image,
    * it puts the boot's working set further into the disk, so a streaming deployment's sequential copy
-   * reaches it later. Default 40 (of the 64 MiB disk); 0 for none.
+   * reaches it later. Default 40 on the default 64 MiB disk (at most diskMiB - 24); 0 for none.
    */
   fillerMiB?: number;
 }
@@ -154,7 +154,7 @@ export async function buildGuest(options: BuildGuestOptions = {}): Promise<Guest
   const diskMiB = options.diskMiB ?? 64;
   const initrdCompression = options.initrdCompression ?? "none";
   const extraModules = [...(options.extraModules ?? [])];
-  const fillerMiB = options.fillerMiB ?? 40;
+  const fillerMiB = options.fillerMiB ?? Math.max(0, Math.min(40, diskMiB - 24));
   const paths = {
     vmlinuz: join(outDir, "vmlinuz"),
     initrd: join(outDir, "initrd.img"),

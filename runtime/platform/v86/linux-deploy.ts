@@ -22,6 +22,7 @@ import { dirname, join, resolve } from "node:path";
 import { FileBackend } from "../../block/file.ts";
 import { ThrottledSource } from "../../block/throttle.ts";
 import { type BlockBackend, type BlockSource, SECTOR_SIZE } from "../../block/types.ts";
+import type { EngineEvent } from "../../deploy/engine.ts";
 import {
   DeployError,
   type DeployProgress,
@@ -29,7 +30,6 @@ import {
   type DeploySummary,
   type Workload,
 } from "../../deploy/session.ts";
-import type { EngineEvent } from "../../deploy/engine.ts";
 import type { GuestManifest } from "../../guest/linux/build.ts";
 import { checkGuestDisk, type GuestDiskCheck } from "../../guest/linux/check.ts";
 import { openSource } from "../../sources/open.ts";
@@ -216,7 +216,9 @@ async function copyThenBoot(o: LinuxDeployOptions): Promise<LinuxDeployResult> {
   try {
     source = await openSource(o.image, { clock, onEvent: o.onEvent });
   } catch (error) {
-    throw new DeployError(`cannot open the image ${o.image}: ${error instanceof Error ? error.message : String(error)}`);
+    throw new DeployError(
+      `cannot open the image ${o.image}: ${error instanceof Error ? error.message : String(error)}`,
+    );
   }
   const image: BlockSource =
     o.linkBytesPerSecond || o.latencyMs
@@ -369,7 +371,12 @@ export async function verifyDisk(
       if (bad.length < limit && Buffer.compare(a, b) !== 0) bad.push(sector);
     }
   }
-  return { image_sectors: imageSectors, guest_sectors_known: known, guest_sectors_unknown: unknown, bad_sectors: bad };
+  return {
+    image_sectors: imageSectors,
+    guest_sectors_known: known,
+    guest_sectors_unknown: unknown,
+    bad_sectors: bad,
+  };
 }
 
 /** Copies the whole image to the disk, `depth` reads of `chunkBytes` in flight. */

@@ -16,7 +16,13 @@ import type { BlockBackend } from "../../block/types.ts";
 import { SECTOR_SIZE } from "../../block/types.ts";
 import type { Machine } from "../../machine.ts";
 import { type Clock, RealClock } from "../../vmx/clock.ts";
-import { type LoadedV86Machine, linuxCmdline, loadV86Machine, type PowerOffEvent, type SerialLine } from "./machine.ts";
+import {
+  type LoadedV86Machine,
+  linuxCmdline,
+  loadV86Machine,
+  type PowerOffEvent,
+  type SerialLine,
+} from "./machine.ts";
 import { MedicAhci, vmmLayout } from "./medic-ahci.ts";
 import { type BootPhases, bootPhases } from "./phases.ts";
 
@@ -102,22 +108,29 @@ export class LinuxGuest {
   /** Builds the PC (v86), plugs in medic's controller over `disk`, and leaves the CPU stopped. */
   static async load(options: LinuxGuestOptions): Promise<LinuxGuest> {
     const memoryMiB = options.memoryMiB ?? 256;
-    const layout = vmmLayout(memoryMiB * 1024 * 1024, options.vmmMiB === undefined ? undefined : options.vmmMiB * 1024 * 1024);
+    const layout = vmmLayout(
+      memoryMiB * 1024 * 1024,
+      options.vmmMiB === undefined ? undefined : options.vmmMiB * 1024 * 1024,
+    );
     let guest: LinuxGuest | undefined;
     // The local disk logs what reaches it with no VMM in the path (see the module comment).
     let direct: () => boolean = () => false;
-    const disk = new LoggingDisk(options.disk, () => direct(), (lba, sectors, write) => {
-      if (!guest) return;
-      if (write) {
-        guest.io.directWrites++;
-        for (let s = lba; s < lba + sectors; s++) {
-          guest.directWrites.add(s);
-          guest.mediatedWrites.delete(s);
+    const disk = new LoggingDisk(
+      options.disk,
+      () => direct(),
+      (lba, sectors, write) => {
+        if (!guest) return;
+        if (write) {
+          guest.io.directWrites++;
+          for (let s = lba; s < lba + sectors; s++) {
+            guest.directWrites.add(s);
+            guest.mediatedWrites.delete(s);
+          }
+        } else {
+          guest.io.directReads++;
         }
-      } else {
-        guest.io.directReads++;
-      }
-    });
+      },
+    );
     const device = new MedicAhci({
       disks: [disk],
       mediated: options.mode !== "bare",
@@ -133,7 +146,9 @@ export class LinuxGuest {
       cmdline,
       memoryMiB,
       pciDevice: device,
-      onSerial: options.onSerial ? (_text, _t) => options.onSerial!(v86.lines[v86.lines.length - 1]!) : undefined,
+      onSerial: options.onSerial
+        ? (_text, _t) => options.onSerial!(v86.lines[v86.lines.length - 1]!)
+        : undefined,
     });
     const machine = device.machine;
     guest = new LinuxGuest(options, machine, device, v86, cmdline);

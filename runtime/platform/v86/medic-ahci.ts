@@ -47,7 +47,8 @@ export interface VmmLayout {
 export function vmmLayout(ramBytes: number, vmmBytes = DEFAULT_VMM_MIB * MiB): VmmLayout {
   if (vmmBytes % MiB !== 0 || vmmBytes <= 0) throw new RangeError("the VMM reservation must be whole MiB");
   const base = ramBytes - FIRMWARE_TOP_BYTES - vmmBytes;
-  if (base < 128 * MiB) throw new RangeError(`${ramBytes / MiB} MiB of RAM is too small for a ${vmmBytes / MiB} MiB VMM`);
+  if (base < 128 * MiB)
+    throw new RangeError(`${ramBytes / MiB} MiB of RAM is too small for a ${vmmBytes / MiB} MiB VMM`);
   return {
     region: { base, length: vmmBytes, type: "reserved" },
     // memmap=nn$ss: mark [ss, ss+nn) reserved in the e820 map (Documentation/admin-guide/kernel-parameters).
