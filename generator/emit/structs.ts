@@ -7,8 +7,6 @@ import {
   type GeneratedFile,
   hex,
   memberName,
-  newProject,
-  newSourceFile,
   StatementBatch,
 } from "./common.ts";
 
