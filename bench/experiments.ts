@@ -214,6 +214,9 @@ async function halfLocalDisk(sectors: number): Promise<SparseBackend> {
 }
 
 function figures(seq: WorkloadStats, rand: WorkloadStats): IoFigures {
+  for (const w of [seq, rand]) {
+    if (w.errors > 0) throw new Error(`${w.name}: ${w.errors} errors, first: ${w.errorMessages[0]}`);
+  }
   return { seq_mb_s: seq.mbPerSec, rand_iops: rand.iops };
 }
 

@@ -173,6 +173,7 @@ const PRD_BYTES = 4 * 1024 * 1024;
 interface OwnRun {
   readonly command: OwnCommand;
   readonly resolve: (result: OwnResult) => void;
+  readonly keep: number;
   /** Device PxIS bits already set when it started: the rest are its own and get cleared. */
   isBefore: number;
   hostIsBefore: number;
@@ -185,6 +186,8 @@ interface PendingOwn {
   readonly command: OwnCommand;
   readonly urgent: boolean;
   readonly resolve: (result: OwnResult) => void;
+  /** Status bits the command raises that stay for the guest (see reconcile). */
+  readonly keep?: number;
 }
 
 /** The guest-visible state of one port, kept while the mediator is on. */
@@ -893,6 +896,7 @@ export class AhciMediator {
     const own: OwnRun = {
       command: next.command,
       resolve: next.resolve,
+      keep: next.keep ?? 0,
       isBefore: this.host.deviceRead(base + PORT_IS),
       hostIsBefore: this.host.deviceRead(HOST_BASE + HOST_IS),
       guestCmd: this.host.deviceRead(base + PORT_CMD),
@@ -930,10 +934,16 @@ export class AhciMediator {
         if ((own.guestCmd & PORT_CMD_FRE) !== 0) this.host.deviceWrite(base + PORT_CMD, (now & ~engine) | PORT_CMD_FRE);
         if ((own.guestCmd & PORT_CMD_ST) !== 0) this.host.deviceWrite(base + PORT_CMD, (now & ~engine) | (own.guestCmd & engine));
         // Clear exactly the status bits the own command raised.
-        const raised = this.host.deviceRead(base + PORT_IS) & ~own.isBefore;
+        const raised = this.host.deviceRead(base + PORT_IS) & ~own.isBefore & ~own.keep;
         if (raised) this.host.deviceWrite(base + PORT_IS, raised);
         const summary = this.host.deviceRead(HOST_BASE + HOST_IS) & (1 << port) & ~own.hostIsBefore;
-        if (summary) this.host.deviceWrite(HOST_BASE + HOST_IS, summary);
+        if (own.keep !== 0) {
+          // The device now shows the status the mediator had emulated: it is the device's again.
+          shadow.emulatedIs = (shadow.emulatedIs & ~own.keep) >>> 0;
+          this.emulatedHostIs = (this.emulatedHostIs & ~(1 << port)) >>> 0;
+        } else if (summary) {
+          this.host.deviceWrite(HOST_BASE + HOST_IS, summary);
+        }
       }
     } finally {
       if (shadow.own === own) {
@@ -982,8 +992,9 @@ export class AhciMediator {
     const table = privateBase + COMMAND_LIST_SIZE + 256;
     const buffer = privateBase + this.bufferOffset();
     const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
-    const name = command.op === "read" ? "READ_DMA_EXT" : command.op === "write" ? "WRITE_DMA_EXT" : "FLUSH_CACHE";
-    const fis = encodeAtaCommand(name, { lba: command.lba, sectors: command.sectors });
+    const queued = own.keep === PORT_IS_SDBS;
+    const name = queued ? "READ_FPDMA_QUEUED" : command.op === "read" ? "READ_DMA_EXT" : command.op === "write" ? "WRITE_DMA_EXT" : "FLUSH_CACHE";
+    const fis = encodeAtaCommand(name, { lba: command.lba, sectors: command.sectors, tag: 0 });
     const tableBytes = new Uint8Array(COMMAND_TABLE_SIZE + PRD_ENTRY_SIZE * Math.ceil(bytes / (PRD_BYTES)));
     tableBytes.set(encodeRegH2DFis(fis), COMMAND_TABLE_CFIS);
     let entries = 0;
@@ -1008,6 +1019,7 @@ export class AhciMediator {
     header.CTBA = table % 2 ** 32;
     header.CTBAU = Math.floor(table / 2 ** 32);
     this.host.memory.write(privateBase + COMMAND_LIST_SLOT, encodeCommandHeader(header));
+    if (queued) this.host.deviceWrite(base + PORT_SACT, 1);
     this.host.deviceWrite(base + PORT_CI, 1);
     for (let attempt = 0; ; attempt++) {
       if (own.aborted) return { ok: false, error: "aborted" };
@@ -1016,10 +1028,22 @@ export class AhciMediator {
         const taskFile = this.host.deviceRead(base + PORT_TFD);
         return { ok: false, error: `device error, task file 0x${taskFile.toString(16)}` };
       }
-      if ((this.host.deviceRead(base + PORT_CI) & 1) === 0) break;
+      const outstanding = this.host.deviceRead(base + PORT_CI) | (queued ? this.host.deviceRead(base + PORT_SACT) : 0);
+      if ((outstanding & 1) === 0) break;
       await this.host.sleep(attempt < 4 ? 0 : Math.min(1, attempt / 100));
     }
     return command.op === "read" ? { ok: true, data: this.host.memory.read(buffer, bytes) } : { ok: true };
+  }
+
+  /**
+   * True while the guest has a command anywhere (on the device, held, deferred or being
+   * completed), from the mediator's own state: no device access, no callbacks.
+   */
+  hasGuestWork(): boolean {
+    for (const shadow of this.ports) {
+      if (this.guestBusy(shadow) || shadow.deferred !== 0) return true;
+    }
+    return false;
   }
 
   /** True when no guest command is anywhere: on the device, held, deferred or being completed. */
@@ -1053,9 +1077,33 @@ export class AhciMediator {
 
   /** Marks the mediator off (the VMM drops its traps); refuses unless quiescent. */
   devirtualize(): boolean {
-    if (!this.quiescent()) return false;
+    if (!this.quiescent()) {
+      this.reconcile();
+      return false;
+    }
     this.devirtualized = true;
     return true;
+  }
+
+  /**
+   * Completion status the mediator emulated and the guest has not cleared yet keeps the VMM in
+   * place: software cannot set write-1-to-clear bits on the device. So the mediator lets the
+   * device raise them itself, with a harmless command of its own (a flush for the register-FIS
+   * bit, a one-sector queued read for the set-device-bits bit) whose status it then leaves set.
+   */
+  private reconcile(): void {
+    for (let port = 0; port < PORT_COUNT; port++) {
+      const shadow = this.ports[port]!;
+      if (shadow.own !== null || shadow.pending.length > 0 || this.guestBusy(shadow) || shadow.stopped) continue;
+      for (const bit of [PORT_IS_DHRS, PORT_IS_SDBS]) {
+        if ((shadow.emulatedIs & bit) === 0) continue;
+        const command: OwnCommand =
+          bit === PORT_IS_DHRS ? { op: "flush", lba: 0, sectors: 0 } : { op: "read", lba: 0, sectors: 1 };
+        shadow.pending.push({ command, urgent: false, keep: bit, resolve: () => { } });
+        this.startOwn(port);
+        return;
+      }
+    }
   }
 }
 

@@ -100,6 +100,8 @@ interface Names {
   readonly encodeCommand: string;
   readonly commandType: string;
   readonly ownRead: string;
+  /** A queued read, used to make the device raise the queued-completion status bit itself. */
+  readonly ownQueuedRead: string;
   readonly ownWrite: string;
   readonly ownFlush: string;
   readonly ownMaxSectors: number;
@@ -203,6 +205,9 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     );
   };
   const ownRead = pick("read");
+  const ownQueuedRead =
+    set.commands.find((c) => c.kind === "read" && c.queued && c.transfer === "dma") ??
+    fail("the command set has no queued DMA read for the mediator's own use");
   const ownWrite = pick("write");
   const ownFlush = pick("flush");
 
@@ -317,6 +322,7 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     encodeCommand: `encode${typeName(set.name)}Command`,
     commandType: `${typeName(set.name)}Command`,
     ownRead: ownRead.name,
+    ownQueuedRead: ownQueuedRead.name,
     ownWrite: ownWrite.name,
     ownFlush: ownFlush.name,
     ownMaxSectors: ownWrite.count?.zeroMeans ?? 256,
@@ -472,6 +478,7 @@ const PRD_BYTES = 4 * 1024 * 1024;
 interface OwnRun {
   readonly command: OwnCommand;
   readonly resolve: (result: OwnResult) => void;
+  readonly keep: number;
   /** Device PxIS bits already set when it started: the rest are its own and get cleared. */
   isBefore: number;
   hostIsBefore: number;
@@ -484,6 +491,8 @@ interface PendingOwn {
   readonly command: OwnCommand;
   readonly urgent: boolean;
   readonly resolve: (result: OwnResult) => void;
+  /** Status bits the command raises that stay for the guest (see reconcile). */
+  readonly keep?: number;
 }
 
 /** The guest-visible state of one port, kept while the mediator is on. */
@@ -1196,6 +1205,7 @@ ${n.portResets
     const own: OwnRun = {
       command: next.command,
       resolve: next.resolve,
+      keep: next.keep ?? 0,
       isBefore: this.host.deviceRead(base + ${n.is}),
       hostIsBefore: this.host.deviceRead(${n.H}_BASE + ${n.hostIs}),
       guestCmd: this.host.deviceRead(base + ${n.cmd}),
@@ -1233,10 +1243,16 @@ ${n.portResets
         if ((own.guestCmd & ${n.fre}) !== 0) this.host.deviceWrite(base + ${n.cmd}, (now & ~engine) | ${n.fre});
         if ((own.guestCmd & ${n.st}) !== 0) this.host.deviceWrite(base + ${n.cmd}, (now & ~engine) | (own.guestCmd & engine));
         // Clear exactly the status bits the own command raised.
-        const raised = this.host.deviceRead(base + ${n.is}) & ~own.isBefore;
+        const raised = this.host.deviceRead(base + ${n.is}) & ~own.isBefore & ~own.keep;
         if (raised) this.host.deviceWrite(base + ${n.is}, raised);
         const summary = this.host.deviceRead(${n.H}_BASE + ${n.hostIs}) & (1 << port) & ~own.hostIsBefore;
-        if (summary) this.host.deviceWrite(${n.H}_BASE + ${n.hostIs}, summary);
+        if (own.keep !== 0) {
+          // The device now shows the status the mediator had emulated: it is the device's again.
+          shadow.emulatedIs = (shadow.emulatedIs & ~own.keep) >>> 0;
+          this.emulatedHostIs = (this.emulatedHostIs & ~(1 << port)) >>> 0;
+        } else if (summary) {
+          this.host.deviceWrite(${n.H}_BASE + ${n.hostIs}, summary);
+        }
       }
     } finally {
       if (shadow.own === own) {
@@ -1285,8 +1301,9 @@ ${n.portResets
     const table = privateBase + ${n.listSize} + ${Math.max(n.fisAlign, 256)};
     const buffer = privateBase + this.bufferOffset();
     const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
-    const name = command.op === "read" ? "${n.ownRead}" : command.op === "write" ? "${n.ownWrite}" : "${n.ownFlush}";
-    const fis = ${n.encodeCommand}(name, { lba: command.lba, sectors: command.sectors });
+    const queued = own.keep === ${n.completeQueuedBit};
+    const name = queued ? "${n.ownQueuedRead}" : command.op === "read" ? "${n.ownRead}" : command.op === "write" ? "${n.ownWrite}" : "${n.ownFlush}";
+    const fis = ${n.encodeCommand}(name, { lba: command.lba, sectors: command.sectors, tag: 0 });
     const tableBytes = new Uint8Array(${n.tableFixedSize} + ${n.prdSize} * Math.ceil(bytes / (PRD_BYTES)));
     tableBytes.set(encode${n.fisStruct}(fis), ${n.tableCommandOffset});
     let entries = 0;
@@ -1311,6 +1328,7 @@ ${n.portResets
     header.${hf.ctba} = table % 2 ** 32;
     ${hf.ctbau ? `header.${hf.ctbau} = Math.floor(table / 2 ** 32);` : ""}
     this.host.memory.write(privateBase + ${n.listSlotOffset}, encode${n.header}(header));
+    if (queued) this.host.deviceWrite(base + ${n.sact}, 1);
     this.host.deviceWrite(base + ${n.ci}, 1);
     for (let attempt = 0; ; attempt++) {
       if (own.aborted) return { ok: false, error: "aborted" };
@@ -1319,10 +1337,22 @@ ${n.portResets
         const taskFile = this.host.deviceRead(base + ${n.tfd});
         return { ok: false, error: \`device error, task file 0x\${taskFile.toString(16)}\` };
       }
-      if ((this.host.deviceRead(base + ${n.ci}) & 1) === 0) break;
+      const outstanding = this.host.deviceRead(base + ${n.ci}) | (queued ? this.host.deviceRead(base + ${n.sact}) : 0);
+      if ((outstanding & 1) === 0) break;
       await this.host.sleep(attempt < 4 ? 0 : Math.min(1, attempt / 100));
     }
     return command.op === "read" ? { ok: true, data: this.host.memory.read(buffer, bytes) } : { ok: true };
+  }
+
+  /**
+   * True while the guest has a command anywhere (on the device, held, deferred or being
+   * completed), from the mediator's own state: no device access, no callbacks.
+   */
+  hasGuestWork(): boolean {
+    for (const shadow of this.ports) {
+      if (this.guestBusy(shadow) || shadow.deferred !== 0) return true;
+    }
+    return false;
   }
 
   /** True when no guest command is anywhere: on the device, held, deferred or being completed. */
@@ -1356,9 +1386,33 @@ ${n.portResets
 
   /** Marks the mediator off (the VMM drops its traps); refuses unless quiescent. */
   devirtualize(): boolean {
-    if (!this.quiescent()) return false;
+    if (!this.quiescent()) {
+      this.reconcile();
+      return false;
+    }
     this.devirtualized = true;
     return true;
+  }
+
+  /**
+   * Completion status the mediator emulated and the guest has not cleared yet keeps the VMM in
+   * place: software cannot set write-1-to-clear bits on the device. So the mediator lets the
+   * device raise them itself, with a harmless command of its own (a flush for the register-FIS
+   * bit, a one-sector queued read for the set-device-bits bit) whose status it then leaves set.
+   */
+  private reconcile(): void {
+    for (let port = 0; port < ${n.P}_COUNT; port++) {
+      const shadow = this.ports[port]!;
+      if (shadow.own !== null || shadow.pending.length > 0 || this.guestBusy(shadow) || shadow.stopped) continue;
+      for (const bit of [${n.completeBit}, ${n.completeQueuedBit}]) {
+        if ((shadow.emulatedIs & bit) === 0) continue;
+        const command: OwnCommand =
+          bit === ${n.completeBit} ? { op: "flush", lba: 0, sectors: 0 } : { op: "read", lba: 0, sectors: 1 };
+        shadow.pending.push({ command, urgent: false, keep: bit, resolve: () => {} });
+        this.startOwn(port);
+        return;
+      }
+    }
   }
 }
 

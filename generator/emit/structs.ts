@@ -1,14 +1,6 @@
 import { VariableDeclarationKind } from "ts-morph";
 import type { DeviceModel, MemberModel, ScalarMember, StructModel, ValueModel } from "../model.ts";
-import {
-  constName,
-  docText,
-  finish,
-  type GeneratedFile,
-  hex,
-  memberName,
-  StatementBatch,
-} from "./common.ts";
+import { constName, docText, finish, type GeneratedFile, hex, memberName, StatementBatch } from "./common.ts";
 
 /**
  * structs.ts: a codec per in-memory structure and FIS: layout constants, a typed interface,

@@ -36,6 +36,8 @@ export interface MediatedDevice {
     urgent?: boolean,
   ): Promise<{ ok: boolean; data?: Uint8Array; error?: string }>;
   bufferBytes(): number;
+  /** True while the guest has a command anywhere (on the device, held or being completed); no side effects. */
+  hasGuestWork?(): boolean;
 }
 
 export interface EngineOptions {
@@ -150,6 +152,8 @@ export class DeploymentEngine {
   private nextBackgroundAt = 0;
   /** When the guest last issued a command: the background copy waits for a quiet moment. */
   private lastGuestAt = Number.NEGATIVE_INFINITY;
+  /** One timer at most brings the paused writer back. */
+  private quietRetryPending = false;
   private stopped = false;
   private failure: Error | null = null;
   private devirtualized = false;
@@ -354,6 +358,7 @@ export class DeploymentEngine {
   }
 
   private completed(request: BlockRequest, ok: boolean): void {
+    this.lastGuestAt = this.o.clock.now();
     if (request.op === "write") {
       for (const b of this.guestBlocks.get(request) ?? []) {
         const writers = (this.guestWriters.get(b) ?? 1) - 1;
@@ -521,9 +526,23 @@ export class DeploymentEngine {
   private async writer(): Promise<void> {
     if (this.writerRunning) return;
     this.writerRunning = true;
+    let pausedForGuest = false;
     try {
       while (!this.failure) {
         const urgent = this.urgentQueue.length > 0;
+        const quietFor = this.guestQuietFor();
+        if (!urgent && this.backgroundQueue.length > 0 && quietFor < this.o.guestQuietMs) {
+          // Background writes wait for a quiet guest too; come back when it may be quiet.
+          if (!this.quietRetryPending) {
+            this.quietRetryPending = true;
+            void this.o.clock.sleep(this.o.guestQuietMs - quietFor).then(() => {
+              this.quietRetryPending = false;
+              this.kick();
+            });
+          }
+          pausedForGuest = true;
+          break;
+        }
         const queue = urgent ? this.urgentQueue : this.backgroundQueue;
         const first = queue.shift();
         if (first === undefined) {
@@ -573,7 +592,8 @@ export class DeploymentEngine {
     } finally {
       this.writerRunning = false;
     }
-    if (this.urgentQueue.length + this.backgroundQueue.length > 0 && !this.failure) void this.writer();
+    if (!pausedForGuest && this.urgentQueue.length + this.backgroundQueue.length > 0 && !this.failure)
+      void this.writer();
   }
 
   private async ownFlush(): Promise<void> {
@@ -642,7 +662,7 @@ export class DeploymentEngine {
         // A background rate of 0 turns the background copy off: only the guest's misses are fetched.
         const next = this.o.backgroundRate > 0 ? this.nextRemote() : -1;
         const room = this.cache.size * this.blockBytes < this.o.maxCachedBytes;
-        const quietFor = this.o.clock.now() - this.lastGuestAt;
+        const quietFor = this.guestQuietFor();
         if (next >= 0 && quietFor < this.o.guestQuietMs) {
           // Back off while the guest is busy: its commands must not queue behind the copy.
           await this.changed(this.o.guestQuietMs - quietFor);
@@ -671,6 +691,15 @@ export class DeploymentEngine {
       }
       await this.changed(this.stats.completedAtMs !== null ? 5 : 20);
     }
+  }
+
+  /** How long the guest has had nothing going on (0 while it has commands anywhere). */
+  private guestQuietFor(): number {
+    if (this.o.device.hasGuestWork?.()) {
+      this.lastGuestAt = this.o.clock.now();
+      return 0;
+    }
+    return this.o.clock.now() - this.lastGuestAt;
   }
 
   private tryDevirtualize(): boolean {
