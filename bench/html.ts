@@ -69,7 +69,7 @@ export function renderHtml(d: ReportData): string {
 <style>body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}svg{background:#fafafa;border:1px solid #ddd}
 h2{font-size:1.1em;margin-top:2em}.legend span{display:inline-block;margin-right:1em}</style></head>
 <body><h1>medic: streaming deployment benchmarks</h1>
-<p>Machine: ${escape(d.result.machine.cpu)} × ${d.result.machine.cpus}${d.result.quick ? " (quick run)" : ""}.
+<p>Machine: ${escapeHtml(d.result.machine.cpu)} × ${d.result.machine.cpus}${d.result.quick ? " (quick run)" : ""}.
 OS start-up ${d.paper.speedup.toFixed(1)}× sooner than copy-then-boot at the paper's setting (the paper reports 8.6×).</p>
 ${startup}
 ${timeline}
@@ -97,23 +97,23 @@ function bars(id: string, title: string, rows: readonly Bar[]): string {
       const rects = row.parts
         .map((p) => {
           const w = Math.max(1, p.value * scale);
-          const rect = `<rect class="bar" x="${x.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="22" fill="${p.color}"><title>${escape(p.name)}: ${p.value.toFixed(2)}</title></rect>`;
+          const rect = `<rect class="bar" x="${x.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="22" fill="${p.color}"><title>${escapeHtml(p.name)}: ${p.value.toFixed(2)}</title></rect>`;
           x += w;
           return rect;
         })
         .join("");
       const total = row.parts.reduce((n, p) => n + p.value, 0);
-      return `<text x="${labelWidth - 8}" y="${y + 16}" text-anchor="end" font-size="12">${escape(row.label)}</text>${rects}<text x="${(x + 6).toFixed(1)}" y="${y + 16}" font-size="12">${total.toFixed(1)}</text>`;
+      return `<text x="${labelWidth - 8}" y="${y + 16}" text-anchor="end" font-size="12">${escapeHtml(row.label)}</text>${rects}<text x="${(x + 6).toFixed(1)}" y="${y + 16}" font-size="12">${total.toFixed(1)}</text>`;
     })
     .join("\n");
   const legend = [...new Map(rows.flatMap((r) => r.parts.map((p) => [p.name, p.color] as const))).entries()]
     .map(
       ([name, color], i) =>
-        `<rect x="${labelWidth + i * 130}" y="${height - 22}" width="12" height="12" fill="${color}"/><text x="${labelWidth + i * 130 + 16}" y="${height - 12}" font-size="12">${escape(name)}</text>`,
+        `<rect x="${labelWidth + i * 130}" y="${height - 22}" width="12" height="12" fill="${color}"/><text x="${labelWidth + i * 130 + 16}" y="${height - 12}" font-size="12">${escapeHtml(name)}</text>`,
     )
     .join("");
-  return `<h2>${escape(title)}</h2>
-<svg id="${id}" class="chart" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escape(title)}">
+  return `<h2>${escapeHtml(title)}</h2>
+<svg id="${id}" class="chart" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeHtml(title)}">
 ${body}
 ${legend}
 </svg>`;
@@ -158,6 +158,6 @@ ${ready}
 </svg>`;
 }
 
-function escape(text: string): string {
+function escapeHtml(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }

@@ -25,7 +25,11 @@ export interface MachineOptions {
    * Physical memory owned by someone else (an x86 emulator's RAM), instead of a GuestMemory of
    * ramMiB + vmmBytes. Its "reserved" region `vmmRegion` is the VMM's, hidden from the guest.
    */
-  readonly memory?: { readonly physical: PhysicalMemory; readonly vmmRegion: MemoryRegion | undefined; readonly guestRamBytes: number };
+  readonly memory?: {
+    readonly physical: PhysicalMemory;
+    readonly vmmRegion: MemoryRegion | undefined;
+    readonly guestRamBytes: number;
+  };
 }
 
 /**

@@ -213,6 +213,10 @@ class PortShadow {
   /** Bumped on reset or engine stop: late answers for dropped commands are ignored. */
   epoch = 0;
   readonly requests: (GuestRequest | undefined)[] = [];
+  /** The list pointers as the guest wrote them (CLB, CLBU, FB, FBU). */
+  readonly listRegs: [number, number, number, number] = [0, 0, 0, 0];
+  /** The guest's pointers leave its memory: the device got a harmless private address instead. */
+  listsRefused = false;
   /** The guest's list pointers while the mediator's own lists are installed. */
   guestLists: [number, number, number, number] | null = null;
   own: OwnRun | null = null;
@@ -313,14 +317,19 @@ export class AhciMediator {
       case PORT_CLBU:
       case PORT_FB:
       case PORT_FBU:
-        return shadow.guestLists ? shadow.guestLists[this.listIndex(register)]! : this.host.deviceRead(offset);
+        if (shadow.guestLists) return shadow.guestLists[this.listIndex(register)]!;
+        if (!shadow.listsRefused) return this.host.deviceRead(offset);
+        // What the device would show: the reserved low bits of the base registers read 0.
+        return (shadow.listRegs[this.listIndex(register)]! & [0xfffffc00, 0xffffffff, 0xffffff00, 0xffffffff][this.listIndex(register)]!) >>> 0;
       case PORT_CMD: {
         const device = this.host.deviceRead(offset);
         const own = shadow.own;
         if (own === null) return device;
-        // While the mediator's command runs, the engine bits the guest wrote are what it sees.
-        const engine = PORT_CMD_ST | PORT_CMD_FRE;
-        return ((device & ~engine) | (own.guestCmd & engine)) >>> 0;
+        // While the mediator's command runs, the guest sees the engine it asked for: ST and FRE
+        // as it wrote them, CR and FR following them.
+        const engine = PORT_CMD_ST | PORT_CMD_FRE | PORT_CMD_CR | PORT_CMD_FR;
+        const running = ((own.guestCmd & PORT_CMD_ST) !== 0 ? PORT_CMD_CR : 0) | ((own.guestCmd & PORT_CMD_FRE) !== 0 ? PORT_CMD_FR : 0);
+        return ((device & ~engine) | (own.guestCmd & (PORT_CMD_ST | PORT_CMD_FRE)) | running) >>> 0;
       }
       default:
         return this.host.deviceRead(offset);
@@ -352,11 +361,12 @@ export class AhciMediator {
       case PORT_CLBU:
       case PORT_FB:
       case PORT_FBU:
+        shadow.listRegs[this.listIndex(register)] = value;
         if (shadow.guestLists) {
           shadow.guestLists[this.listIndex(register)] = value;
           return;
         }
-        return this.host.deviceWrite(offset, value);
+        return this.programLists(port);
       case PORT_CMD:
         return this.writeCommand(port, value);
       case PORT_SCTL:
@@ -368,6 +378,23 @@ export class AhciMediator {
       default:
         return this.host.deviceWrite(offset, value);
     }
+  }
+
+  /**
+   * Gives the device the guest's command list and FIS area, unless they lie outside the guest's
+   * memory: then the device gets the port's private area (it would otherwise write FISes into
+   * VMM memory), the guest still reads back what it wrote, and its commands are refused.
+   */
+  private programLists(port: number): void {
+    const shadow = this.ports[port]!;
+    const [clb, clbu, fb, fbu] = shadow.listRegs;
+    const list = (clb & 0xfffffc00) + clbu * 2 ** 32;
+    const fisArea = (fb & 0xffffff00) + fbu * 2 ** 32;
+    const ok = this.host.isGuestRange(list, COMMAND_LIST_SIZE) && this.host.isGuestRange(fisArea, RECEIVED_FIS_SIZE);
+    if (!ok) this.counters.refusedAddresses++;
+    shadow.listsRefused = !ok;
+    const privateBase = this.host.privateMemory.base + port * this.privateStride();
+    this.installLists(port, ok ? list : privateBase, ok ? fisArea : privateBase + COMMAND_LIST_SIZE);
   }
 
   private listIndex(register: number): number {
@@ -427,7 +454,14 @@ export class AhciMediator {
     const bit = (1 << slot) >>> 0;
     switch (decision.action) {
       case "pass":
-        if (shadow.own !== null || shadow.pending.some((p) => p.urgent) || shadow.held.length > 0) {
+        // Held also while the device's engine is off: the device would read the command only
+        // when it starts, after the guest had time to change what the mediator checked.
+        if (
+          shadow.own !== null ||
+          shadow.pending.some((p) => p.urgent) ||
+          shadow.held.length > 0 ||
+          (this.host.deviceRead(this.portBase(port) + PORT_CMD) & PORT_CMD_ST) === 0
+        ) {
           this.hold(port, slot);
         } else {
           this.forward(port, slot, request);
@@ -470,6 +504,8 @@ export class AhciMediator {
 
   private forward(port: number, slot: number, request: GuestRequest): void {
     const shadow = this.ports[port]!;
+    // Checked again now: the guest may have rewritten its tables while the command waited.
+    if (this.decode(port, slot) === null) return;
     const bit = (1 << slot) >>> 0;
     const base = this.portBase(port);
     this.counters.passed++;
@@ -522,14 +558,23 @@ export class AhciMediator {
     }
     const fisBytes = table.subarray(COMMAND_TABLE_CFIS, COMMAND_TABLE_CFIS + COMMAND_TABLE_SIZE);
     const fisLength = ((header.DW0 & COMMAND_HEADER_DW0_CFL) >>> COMMAND_HEADER_DW0_CFL_SHIFT) * DWORD;
+    // The device reads the FIS whatever CFL says, so the mediator decodes it the same way;
+    // a short CFL is only counted.
     const wellFormed = (() => {
       const bytes = fisBytes;
-      return fisLength >= 20 && bytes[REG_H2D_FIS_TYPE] === REG_H2D_FIS_TYPE_VALUE;
+      return bytes[REG_H2D_FIS_TYPE] === REG_H2D_FIS_TYPE_VALUE;
     })();
+    if (fisLength < 20) this.counters.malformed++;
     const command: AtaCommand = wellFormed
       ? decodeAtaCommand(decodeRegH2DFis(fisBytes))
       : { kind: "other", opcode: fisBytes[2] ?? 0 };
     if (!wellFormed) this.counters.malformed++;
+    // A queued command must carry its slot as its tag (AHCI 1.3.1, 5.6.2.3); another tag would
+    // complete a different slot's bit and leave this one on the device forever.
+    if ((command.kind === "read" || command.kind === "write") && command.queued && command.tag !== slot) {
+      this.counters.malformed++;
+      return this.refuse(port, slot);
+    }
     return this.request(port, slot, headerAddress, command, buffers, bufferBytes);
   }
 
@@ -752,6 +797,7 @@ export class AhciMediator {
       // The mediator's command is running with its own lists: the guest's engine bits take
       // effect when it is done (a real engine also needs time to stop).
       const engine = PORT_CMD_ST | PORT_CMD_FRE;
+      if ((own.guestCmd & PORT_CMD_ST) !== 0 && (value & PORT_CMD_ST) === 0) this.dropCommands(port, false);
       own.guestCmd = ((own.guestCmd & ~engine) | (value & engine)) >>> 0;
       this.host.deviceWrite(this.portBase(port) + PORT_CMD, (value & ~engine) | (this.host.deviceRead(this.portBase(port) + PORT_CMD) & engine));
       return;
@@ -759,6 +805,8 @@ export class AhciMediator {
     const before = this.host.deviceRead(this.portBase(port) + PORT_CMD);
     if ((before & PORT_CMD_ST) !== 0 && (value & PORT_CMD_ST) === 0) this.dropCommands(port, false);
     this.host.deviceWrite(this.portBase(port) + PORT_CMD, value);
+    // Commands issued while the engine was off go now, checked again.
+    if ((before & PORT_CMD_ST) === 0 && (value & PORT_CMD_ST) !== 0) this.release(port);
   }
 
   /**
@@ -798,6 +846,8 @@ export class AhciMediator {
     shadow.emulated = 0;
     shadow.stopped = false;
     shadow.requests.length = 0;
+    // The port may be idle now: the mediator's waiting commands get their turn.
+    queueMicrotask(() => this.maybeIdle(port));
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;
@@ -913,6 +963,7 @@ export class AhciMediator {
     try {
       shadow.guestLists = this.readLists(port);
       const engineStopped = await this.stopEngine(port);
+      if (own.aborted) throw new Error("aborted");
       if (!engineStopped) throw new Error("the port's engine did not stop");
       const privateBase = this.host.privateMemory.base + port * this.privateStride();
       const list = privateBase;

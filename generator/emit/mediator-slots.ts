@@ -518,6 +518,10 @@ class PortShadow {
   /** Bumped on reset or engine stop: late answers for dropped commands are ignored. */
   epoch = 0;
   readonly requests: (GuestRequest | undefined)[] = [];
+  /** The list pointers as the guest wrote them (CLB, CLBU, FB, FBU). */
+  readonly listRegs: [number, number, number, number] = [0, 0, 0, 0];
+  /** The guest's pointers leave its memory: the device got a harmless private address instead. */
+  listsRefused = false;
   /** The guest's list pointers while the mediator's own lists are installed. */
   guestLists: [number, number, number, number] | null = null;
   own: OwnRun | null = null;
@@ -618,14 +622,19 @@ export class ${n.device}Mediator {
       case ${n.clbu}:
       case ${n.fb}:
       case ${n.fbu}:
-        return shadow.guestLists ? shadow.guestLists[this.listIndex(register)]! : this.host.deviceRead(offset);
+        if (shadow.guestLists) return shadow.guestLists[this.listIndex(register)]!;
+        if (!shadow.listsRefused) return this.host.deviceRead(offset);
+        // What the device would show: the reserved low bits of the base registers read 0.
+        return (shadow.listRegs[this.listIndex(register)]! & [${n.clbMask}, 0xffffffff, ${n.fbMask}, 0xffffffff][this.listIndex(register)]!) >>> 0;
       case ${n.cmd}: {
         const device = this.host.deviceRead(offset);
         const own = shadow.own;
         if (own === null) return device;
-        // While the mediator's command runs, the engine bits the guest wrote are what it sees.
-        const engine = ${n.st} | ${n.fre};
-        return ((device & ~engine) | (own.guestCmd & engine)) >>> 0;
+        // While the mediator's command runs, the guest sees the engine it asked for: ST and FRE
+        // as it wrote them, CR and FR following them.
+        const engine = ${n.st} | ${n.fre} | ${n.cr} | ${n.fr};
+        const running = ((own.guestCmd & ${n.st}) !== 0 ? ${n.cr} : 0) | ((own.guestCmd & ${n.fre}) !== 0 ? ${n.fr} : 0);
+        return ((device & ~engine) | (own.guestCmd & (${n.st} | ${n.fre})) | running) >>> 0;
       }
       default:
         return this.host.deviceRead(offset);
@@ -657,11 +666,12 @@ export class ${n.device}Mediator {
       case ${n.clbu}:
       case ${n.fb}:
       case ${n.fbu}:
+        shadow.listRegs[this.listIndex(register)] = value;
         if (shadow.guestLists) {
           shadow.guestLists[this.listIndex(register)] = value;
           return;
         }
-        return this.host.deviceWrite(offset, value);
+        return this.programLists(port);
       case ${n.cmd}:
         return this.writeCommand(port, value);
 ${n.portResets
@@ -677,6 +687,23 @@ ${n.portResets
       default:
         return this.host.deviceWrite(offset, value);
     }
+  }
+
+  /**
+   * Gives the device the guest's command list and FIS area, unless they lie outside the guest's
+   * memory: then the device gets the port's private area (it would otherwise write FISes into
+   * VMM memory), the guest still reads back what it wrote, and its commands are refused.
+   */
+  private programLists(port: number): void {
+    const shadow = this.ports[port]!;
+    const [clb, clbu, fb, fbu] = shadow.listRegs;
+    const list = (clb & ${n.clbMask}) + clbu * 2 ** 32;
+    const fisArea = (fb & ${n.fbMask}) + fbu * 2 ** 32;
+    const ok = this.host.isGuestRange(list, ${n.listSize}) && this.host.isGuestRange(fisArea, ${n.fisAreaSize});
+    if (!ok) this.counters.refusedAddresses++;
+    shadow.listsRefused = !ok;
+    const privateBase = this.host.privateMemory.base + port * this.privateStride();
+    this.installLists(port, ok ? list : privateBase, ok ? fisArea : privateBase + ${n.listSize});
   }
 
   private listIndex(register: number): number {
@@ -736,7 +763,14 @@ ${n.portResets
     const bit = (1 << slot) >>> 0;
     switch (decision.action) {
       case "pass":
-        if (shadow.own !== null || shadow.pending.some((p) => p.urgent) || shadow.held.length > 0) {
+        // Held also while the device's engine is off: the device would read the command only
+        // when it starts, after the guest had time to change what the mediator checked.
+        if (
+          shadow.own !== null ||
+          shadow.pending.some((p) => p.urgent) ||
+          shadow.held.length > 0 ||
+          (this.host.deviceRead(this.portBase(port) + ${n.cmd}) & ${n.st}) === 0
+        ) {
           this.hold(port, slot);
         } else {
           this.forward(port, slot, request);
@@ -779,6 +813,8 @@ ${n.portResets
 
   private forward(port: number, slot: number, request: GuestRequest): void {
     const shadow = this.ports[port]!;
+    // Checked again now: the guest may have rewritten its tables while the command waited.
+    if (this.decode(port, slot) === null) return;
     const bit = (1 << slot) >>> 0;
     const base = this.portBase(port);
     this.counters.passed++;
@@ -831,14 +867,23 @@ ${n.portResets
     }
     const fisBytes = table.subarray(${n.tableCommandOffset}, ${n.tableCommandOffset} + ${n.tableFixedSize});
     const fisLength = ${field(`header.${hf.cfl.member}`, hf.cfl)} * DWORD;
+    // The device reads the FIS whatever CFL says, so the mediator decodes it the same way;
+    // a short CFL is only counted.
     const wellFormed = (() => {
       const bytes = fisBytes;
-      return fisLength >= 20 && ${n.fisConstantCheck};
+      return ${n.fisConstantCheck};
     })();
+    if (fisLength < 20) this.counters.malformed++;
     const command: ${n.commandType} = wellFormed
       ? ${n.decodeCommand}(decode${n.fisStruct}(fisBytes))
       : { kind: "other", opcode: fisBytes[2] ?? 0 };
     if (!wellFormed) this.counters.malformed++;
+    // A queued command must carry its slot as its tag (AHCI 1.3.1, 5.6.2.3); another tag would
+    // complete a different slot's bit and leave this one on the device forever.
+    if ((command.kind === "read" || command.kind === "write") && command.queued && command.tag !== slot) {
+      this.counters.malformed++;
+      return this.refuse(port, slot);
+    }
     return this.request(port, slot, headerAddress, command, buffers, bufferBytes);
   }
 
@@ -1061,6 +1106,7 @@ ${n.portResets
       // The mediator's command is running with its own lists: the guest's engine bits take
       // effect when it is done (a real engine also needs time to stop).
       const engine = ${n.st} | ${n.fre};
+      if ((own.guestCmd & ${n.st}) !== 0 && (value & ${n.st}) === 0) this.dropCommands(port, false);
       own.guestCmd = ((own.guestCmd & ~engine) | (value & engine)) >>> 0;
       this.host.deviceWrite(this.portBase(port) + ${n.cmd}, (value & ~engine) | (this.host.deviceRead(this.portBase(port) + ${n.cmd}) & engine));
       return;
@@ -1068,6 +1114,8 @@ ${n.portResets
     const before = this.host.deviceRead(this.portBase(port) + ${n.cmd});
     if ((before & ${n.st}) !== 0 && (value & ${n.st}) === 0) this.dropCommands(port, false);
     this.host.deviceWrite(this.portBase(port) + ${n.cmd}, value);
+    // Commands issued while the engine was off go now, checked again.
+    if ((before & ${n.st}) === 0 && (value & ${n.st}) !== 0) this.release(port);
   }
 
   /**
@@ -1107,6 +1155,8 @@ ${n.portResets
     shadow.emulated = 0;
     shadow.stopped = false;
     shadow.requests.length = 0;
+    // The port may be idle now: the mediator's waiting commands get their turn.
+    queueMicrotask(() => this.maybeIdle(port));
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;
@@ -1222,6 +1272,7 @@ ${n.portResets
     try {
       shadow.guestLists = this.readLists(port);
       const engineStopped = await this.stopEngine(port);
+      if (own.aborted) throw new Error("aborted");
       if (!engineStopped) throw new Error("the port's engine did not stop");
       const privateBase = this.host.privateMemory.base + port * this.privateStride();
       const list = privateBase;

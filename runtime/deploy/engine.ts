@@ -535,7 +535,7 @@ export class DeploymentEngine {
           // Background writes wait for a quiet guest too; come back when it may be quiet.
           if (!this.quietRetryPending) {
             this.quietRetryPending = true;
-            void this.o.clock.sleep(this.o.guestQuietMs - quietFor).then(() => {
+            void this.o.clock.sleep(Math.max(0.5, this.o.guestQuietMs - quietFor)).then(() => {
               this.quietRetryPending = false;
               this.kick();
             });
@@ -665,7 +665,7 @@ export class DeploymentEngine {
         const quietFor = this.guestQuietFor();
         if (next >= 0 && quietFor < this.o.guestQuietMs) {
           // Back off while the guest is busy: its commands must not queue behind the copy.
-          await this.changed(this.o.guestQuietMs - quietFor);
+          await this.changed(Math.max(0.5, this.o.guestQuietMs - quietFor));
           continue;
         }
         if (next >= 0 && room && this.inFlightFetches < this.o.fetchDepth) {

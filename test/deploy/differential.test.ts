@@ -12,21 +12,9 @@
  */
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  HOST_BASE,
-  HOST_IS,
-  PORT_CI,
-  PORT_CMD,
-  PORT_FB,
-  PORT_IS,
-  PORT_SACT,
-  PORT_TFD,
-  portOffset,
-  RECEIVED_FIS_SIZE,
-} from "../../generated/ahci/index.ts";
 import { OverlayBackend } from "../../runtime/block/overlay.ts";
 import { PatternSource } from "../../runtime/block/pattern.ts";
-import { AhciGuestDriver, type GuestPlatform } from "../../runtime/guest/driver.ts";
+import { AhciGuestDriver } from "../../runtime/guest/driver.ts";
 import { Machine } from "../../runtime/machine.ts";
 import { type Clock, VirtualClock } from "../../runtime/vmx/clock.ts";
 import {
@@ -38,6 +26,12 @@ import {
   streamingSetup,
   withTimeout,
 } from "./helpers.ts";
+
+/** Replay a failure: DIFF_SEED and DIFF_PATH as fast-check printed them. */
+const REPLAY =
+  process.env.DIFF_SEED === undefined
+    ? {}
+    : { seed: Number(process.env.DIFF_SEED), path: process.env.DIFF_PATH, endOnFailure: true };
 
 // ---- workloads ----------------------------------------------------------------------------------
 
@@ -79,7 +73,10 @@ type RawOp =
   | { kind: "beyond"; sectors: number };
 
 const rawOp: fc.Arbitrary<RawOp> = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ kind: fc.constant("read" as const), at: position, sectors: sectorCount }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({ kind: fc.constant("read" as const), at: position, sectors: sectorCount }),
+  },
   {
     weight: 5,
     arbitrary: fc.record({
@@ -222,7 +219,10 @@ const params: fc.Arbitrary<Params> = fc.record({
     { nil: undefined, freq: 4 },
   ),
   latencyMs: fc.integer({ min: 0, max: 5 }),
-  backgroundRate: fc.constant(undefined),
+  backgroundRate: fc.option(
+    fc.integer({ min: 1, max: 100 }).map((mib) => mib * 1024 * 1024),
+    { nil: undefined, freq: 2 },
+  ),
   fetchDepth: fc.integer({ min: 1, max: 8 }),
   fetchBlocks: fc.integer({ min: 1, max: 16 }),
   readAhead: fc.integer({ min: 0, max: 16 }),
@@ -289,7 +289,7 @@ async function differentialRun(p: Params, raw: Parameters<typeof place>[0]): Pro
     if (s.engine.isDevirtualized) doneMid = true;
     if (s.engine.error) throw s.engine.error;
   });
-  await withTimeout(s.engine.finished(), 20_000, "engine.finished()");
+  await withTimeout(s.engine.finished(), 6_000, "engine.finished()");
   if (doneMid) devirtualized.midWorkload++;
   else devirtualized.afterWorkload++;
 
@@ -331,102 +331,24 @@ async function differentialRun(p: Params, raw: Parameters<typeof place>[0]): Pro
   await bareDriver.close();
 }
 
-// ---- register-level observation --------------------------------------------------------------
-
-/** The machine as the guest sees it, every load, store and interrupt edge logged. */
-function observed(machine: Machine): GuestPlatform & { readonly log: string[] } {
-  const log: string[] = [];
-  const abar = machine.abar;
-  return {
-    log,
-    memory: machine.memory,
-    abar,
-    guestRamBytes: machine.guestRamBytes,
-    clock: machine.clock,
-    mmioRead(addr, size) {
-      const value = machine.mmioRead(addr, size);
-      log.push(`R ${(addr - abar).toString(16)} ${value.toString(16)}`);
-      return value;
-    },
-    mmioWrite(addr, size, value) {
-      log.push(`W ${(addr - abar).toString(16)} ${value.toString(16)}`);
-      machine.mmioWrite(addr, size, value);
-    },
-    get irqPending() {
-      return machine.irqPending;
-    },
-    host: {
-      onGuestIrq(listener) {
-        return machine.host.onGuestIrq((level) => {
-          log.push(`IRQ ${level ? 1 : 0}`);
-          listener(level);
-        });
-      },
-    },
-  };
-}
-
-const PROBED = [
-  ["PxCI", portOffset(0, PORT_CI)],
-  ["PxSACT", portOffset(0, PORT_SACT)],
-  ["PxIS", portOffset(0, PORT_IS)],
-  ["IS", HOST_BASE + HOST_IS],
-  ["PxTFD", portOffset(0, PORT_TFD)],
-  ["PxCMD", portOffset(0, PORT_CMD)],
-  ["PxFB", portOffset(0, PORT_FB)],
-] as const;
-
-/** After a completed command: the registers a guest could look at, and its received-FIS area. */
-function probe(platform: GuestPlatform & { readonly log: string[] }, label: string): void {
-  const values = PROBED.map(([name, offset]) => `${name}=${platform.mmioRead(platform.abar + offset, 4).toString(16)}`);
-  const fb = platform.mmioRead(platform.abar + portOffset(0, PORT_FB), 4);
-  const fis = Buffer.from(platform.memory.read(fb, RECEIVED_FIS_SIZE)).toString("hex");
-  platform.log.push(`PROBE ${label}: ${values.join(" ")} FIS=${fis}`);
-}
-
-/** A sequential (one command at a time) run, with probes after every command. */
-async function observedRun(machine: Machine, ops: readonly Op[], ncq: boolean, start?: () => void, startAfter?: () => void) {
-  const platform = observed(machine);
-  start?.();
-  const driver = await AhciGuestDriver.open(platform, { ncq });
-  startAfter?.();
-  probe(platform, "open");
-  const model = new DiskModel(driver.sectors);
-  for (const [i, op] of ops.entries()) {
-    await runWorkload(driver, machine.clock, [{ ops: [op], thinkMs: 0 }], model, `op ${i}`);
-    probe(platform, `op ${i} ${op.kind}`);
-  }
-  await driver.close();
-  return { log: platform.log, model };
-}
-
-function firstDifference(a: readonly string[], b: readonly string[]): string | null {
-  const n = Math.max(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    if (a[i] !== b[i]) {
-      const context = (log: readonly string[]) => log.slice(Math.max(0, i - 6), i + 3).join("\n    ");
-      return `line ${i}:\n  bare:\n    ${context(a)}\n  streaming:\n    ${context(b)}`;
-    }
-  }
-  return null;
-}
-
 // ---- the tests ------------------------------------------------------------------------------------
 
 describe("streaming deployment against bare metal (differential)", () => {
   afterAll(() => {
     // Visible in the report: how de-virtualization timing was spread over the random runs.
-    console.info(`de-virtualized mid-workload in ${devirtualized.midWorkload} runs, after in ${devirtualized.afterWorkload}`);
+    console.info(
+      `de-virtualized mid-workload in ${devirtualized.midWorkload} runs, after in ${devirtualized.afterWorkload}`,
+    );
   });
 
   it("random workloads: same reads as the model in both modes, image + writes on disk, no exits after de-virtualization", async () => {
     await fc.assert(
       fc.asyncProperty(params, rawBatches, async (p, raw) => {
-        await withTimeout(differentialRun(p, raw), 30_000, "differential run");
+        await withTimeout(differentialRun(p, raw), 10_000, "differential run");
       }),
-      { numRuns: 100, interruptAfterTimeLimit: 200_000, markInterruptAsFailure: false },
+      { numRuns: 60, interruptAfterTimeLimit: 30_000, markInterruptAsFailure: false, ...REPLAY },
     );
-  }, 300_000);
+  }, 60_000);
 
   it("a fast link finishes the copy while the guest idles mid-workload; later guest I/O makes no exits", async () => {
     const p: Params = {
@@ -531,40 +453,83 @@ describe("streaming deployment against bare metal (differential)", () => {
     const disk = await s.local.read(0, p.sectors);
     expect(describeMismatch(disk, model.expected(0, p.sectors), 0)).toBeNull();
     const exits = s.machine.host.stats.exits;
-    await runWorkload(driver, clock, place([{ ops: [{ kind: "read", at: 0.3, sectors: 300 }], thinkMs: 0 }], p.sectors), model, "after");
+    await runWorkload(
+      driver,
+      clock,
+      place([{ ops: [{ kind: "read", at: 0.3, sectors: 300 }], thinkMs: 0 }], p.sectors),
+      model,
+      "after",
+    );
     expect(s.machine.host.stats.exits).toBe(exits);
     await driver.close();
   });
 
-  it("the guest observes the same registers, interrupts and received FISes in bare and streaming mode", async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        params,
-        fc.array(rawOp.filter((o) => o.kind !== "beyond"), { minLength: 1, maxLength: 14 }),
-        async (p, rawOps) => {
-          // Sequential: every op is its own batch, so overlapping ones are fine.
-          const sequential = place(
-            rawOps.map((o) => ({ ops: [o], thinkMs: 0 })),
-            p.sectors,
-          ).flatMap((b) => b.ops);
-          const bare = await withTimeout(
-            observedRun(bareMachine(p, new VirtualClock()), sequential, p.ncq),
-            20_000,
-            "bare run",
-          );
-          const clock = new VirtualClock();
-          const s = openStreaming(p, clock);
-          const streaming = await withTimeout(
-            observedRun(s.machine, sequential, p.ncq, undefined, () => s.engine.start()),
-            20_000,
-            "streaming run",
-          );
-          s.engine.stop();
-          const diff = firstDifference(bare.log, streaming.log);
-          if (diff) throw new Error(`the guest saw a difference at ${diff}`);
+  it("a guest write during the background copy's rate-limit pause is not overwritten by image data", async () => {
+    // Found by the random workloads: with a finite background rate the engine picks the next run
+    // of blocks, sleeps out the rate limit, then fetches that run without looking again; a block
+    // the guest wrote meanwhile goes back to Fetching and its image data lands over the guest's.
+    const clock = new VirtualClock();
+    const s = streamingSetup({
+      sectors: 4096,
+      clock,
+      blockBytes: 64 * 1024,
+      backgroundRate: 1024 * 1024,
+      fetchDepth: 1,
+      fetchBlocks: 4,
+      readAhead: 0,
+    });
+    s.engine.start();
+    const driver = await AhciGuestDriver.open(s.machine);
+    const model = new DiskModel(4096);
+    // Blocks 0-3 are on their way; blocks 4-7 wait out the rate limit (256 KiB at 1 MiB/s).
+    const data = randomData(1, SECTOR);
+    await driver.write(600, data); // inside block 4, a partial block: the image lands first
+    model.write(600, data);
+    expect(describeMismatch(await driver.read(600, 1), data, 600)).toBeNull();
+    await withTimeout(s.engine.finished(), 20_000, "engine.finished()");
+    // The guest's sector, read back by the guest after de-virtualization and on the disk itself.
+    expect(
+      describeMismatch(await driver.read(600, 1), data, 600),
+      "guest read after de-virtualization",
+    ).toBeNull();
+    expect(describeMismatch(await s.local.read(0, 4096), model.expected(0, 4096), 0)).toBeNull();
+    expect(s.engine.stats.bytesFetched, "no block fetched twice").toBe(4096 * SECTOR);
+    await driver.close();
+  });
+
+  it("after a short workload at an odd virtual time the copy still finishes (no wait too small to advance the clock)", async () => {
+    // Found by the random workloads: the engine waits `guestQuietMs - quietFor` for a quiet guest;
+    // at a virtual time like 10.07204678362573 that difference is ~1e-15 ms, which the clock
+    // adds to `now` without changing it, so the writer and the background loop re-arm zero-progress
+    // timers for ever (hundreds of thousands pending) and virtual time never moves again.
+    const p: Params = {
+      sectors: 4096,
+      blockBytes: 4096,
+      linkBytesPerSecond: 85_500_000,
+      latencyMs: 0,
+      backgroundRate: undefined,
+      fetchDepth: 7,
+      fetchBlocks: 12,
+      readAhead: 0,
+      flushEveryBytes: 3_866_624,
+      maxCachedBytes: 4_456_448,
+      ncq: true,
+      queueDepth: 2,
+      engineFirst: false,
+      deviceLatencyMs: 0,
+    };
+    await withTimeout(
+      differentialRun(p, [
+        {
+          ops: [
+            { kind: "write", at: 0, sectors: 13, seed: 1778831055 },
+            { kind: "read", at: 0.999, sectors: 1 },
+          ],
+          thinkMs: 0,
         },
-      ),
-      { numRuns: 100, interruptAfterTimeLimit: 200_000, markInterruptAsFailure: false },
+      ]),
+      10_000,
+      "differential run",
     );
-  }, 300_000);
+  });
 });
