@@ -1156,7 +1156,7 @@ ${n.portResets
     shadow.stopped = false;
     shadow.requests.length = 0;
     // The port may be idle now: the mediator's waiting commands get their turn.
-    queueMicrotask(() => this.maybeIdle(port));
+    void Promise.resolve().then(() => this.maybeIdle(port));
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;

@@ -88,8 +88,8 @@ describe("spec/ahci.med", () => {
     const ghc = reg("host", "GHC");
     expect(ghc.fields.find((f) => f.name === "HR")).toMatchObject({ selfclear: true, access: "rw", mask: 1 });
     expect(ghc.masks.selfclear).toBe(1);
-    expect(ghc.masks.rw).toBe(0x80000003);
-    expect(ghc.masks.ro).toBe(0x4);
+    expect(ghc.masks.rw).toBe(0x3);
+    expect(ghc.masks.ro).toBe(0x80000004); // AE reads 1 (CAP.SAM) and MRSM
     expect(reg("port", "CMD").masks.selfclear).toBe(1 << 3);
   });
 

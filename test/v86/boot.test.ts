@@ -1,34 +1,21 @@
 /**
- * Boots Debian 12's unmodified i386 kernel in v86 with medic-provided PCI devices.
- *
- * 1. The fake AHCI controller (no ports): SeaBIOS and Linux's ahci driver must probe it through our
- *    config space and MMIO window; the initramfs must run, find no root disk and power off.
- * 2. The same guest, with the root disk on v86's own IDE controller instead: proves the root file
- *    system's /sbin/init (read + checksum, write + sync + re-read, marker, power off) before a medic
- *    AHCI controller serves the disk.
+ * Boots Debian 12's unmodified i386 kernel in v86 with a fake PCI device: an AHCI controller with no
+ * ports. SeaBIOS and Linux's ahci driver must probe it through our config space and MMIO window; the
+ * initramfs must run, find no root disk and power off. (The guest on medic's real controller, in every
+ * mode: linux.test.ts.)
  *
  * Needs (Debian 12, as root): `apt-get install seabios e2fsprogs` and the i386 architecture, which the
- * builder adds itself. Set MEDIC_SKIP_V86=1 to skip. Assets are cached in .cache/guest*.
+ * builder adds itself. Never skipped: missing tools fail the test with what to install. Assets are
+ * cached in .cache/guest (shared with linux.test.ts).
  */
-import { existsSync } from "node:fs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { buildGuest, type GuestAssets } from "../../runtime/guest/linux/build.ts";
-import { linuxCmdline, SEABIOS_BIOS, startV86Machine } from "../../runtime/platform/v86/machine.ts";
+import { linuxCmdline, startV86Machine } from "../../runtime/platform/v86/machine.ts";
 import { bootPhases, formatBootPhases } from "../../runtime/platform/v86/phases.ts";
 import { FakeAhci } from "./fake-ahci.ts";
+import { requireV86Prerequisites } from "./prerequisites.ts";
 
-const skip = process.env.MEDIC_SKIP_V86 === "1";
 const BOOT_TIMEOUT_MS = 240_000;
-
-function checkPrerequisites(): void {
-  const missing: string[] = [];
-  if (!existsSync(SEABIOS_BIOS)) missing.push(`${SEABIOS_BIOS} (apt-get install seabios)`);
-  if (!existsSync("/usr/sbin/mke2fs") && !existsSync("/sbin/mke2fs"))
-    missing.push("mke2fs (apt-get install e2fsprogs)");
-  if (missing.length > 0) {
-    throw new Error(`v86 boot test prerequisites missing: ${missing.join(", ")}; or set MEDIC_SKIP_V86=1`);
-  }
-}
 
 /** CPU seconds this process used since `from` (the emulator is single-threaded): less load-dependent than wall time. */
 function cpuSeconds(from: NodeJS.CpuUsage): string {
@@ -36,10 +23,10 @@ function cpuSeconds(from: NodeJS.CpuUsage): string {
   return ((d.user + d.system) / 1e6).toFixed(1);
 }
 
-describe.skipIf(skip)("Linux on v86", () => {
+describe("Linux on v86", () => {
   let guest: GuestAssets;
   beforeAll(async () => {
-    checkPrerequisites();
+    requireV86Prerequisites();
     guest = await buildGuest({ outDir: ".cache/guest", log: (l) => console.log(l) });
   }, 600_000);
 
@@ -112,48 +99,5 @@ describe.skipIf(skip)("Linux on v86", () => {
       expect(cfg[0x3d]).toBe(1);
     },
     BOOT_TIMEOUT_MS,
-  );
-
-  it(
-    "runs the root file system's checks from v86's IDE disk",
-    async () => {
-      const ide = await buildGuest({
-        outDir: ".cache/guest-ide",
-        debDir: ".cache/guest/debs",
-        extraModules: ["ata_piix"],
-        log: (l) => console.log(l),
-      });
-      const cpu0 = process.cpuUsage();
-      const machine = await startV86Machine({
-        vmlinuz: ide.vmlinuz,
-        initrd: ide.initrd,
-        ideDisk: ide.disk,
-        cmdline: linuxCmdline(),
-        memoryMiB: 256,
-      });
-      const guard = setTimeout(() => void machine.stop(), BOOT_TIMEOUT_MS - 10_000);
-      const end = await machine.done;
-      clearTimeout(guard);
-      await machine.stop();
-      const text = machine.lines.map((l) => l.text).join("\n");
-      const phases = bootPhases(machine.lines);
-      console.log(
-        `ide boot (wall): ${formatBootPhases(phases)} end=${end.reason}@${(end.tMs / 1000).toFixed(1)}s ` +
-          `cpu=${cpuSeconds(cpu0)}s`,
-      );
-      console.log(`ide boot (cpu):  ${formatBootPhases(bootPhases(machine.lines, "cpu"))}`);
-
-      expect(phases.errors).toEqual([]);
-      expect(text).toMatch(new RegExp(`^MEDIC-GUEST-READ files=${ide.manifest.dataFiles.length} `, "m"));
-      const wrote = /^MEDIC-GUEST-WROTE path=(\S+) bytes=(\d+) sha256=([0-9a-f]{64})/m.exec(text);
-      expect(wrote?.slice(1)).toEqual([
-        ide.manifest.writeFile.path,
-        String(ide.manifest.writeFile.bytes),
-        ide.manifest.writeFile.sha256,
-      ]);
-      expect(text).toMatch(/^MEDIC-GUEST-READY t=\S+ errors=0$/m);
-      expect(["poweroff", "halt"]).toContain(end.reason);
-    },
-    BOOT_TIMEOUT_MS + 120_000,
   );
 });

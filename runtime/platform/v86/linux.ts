@@ -44,7 +44,7 @@ export interface LinuxGuestOptions {
   readonly memoryMiB?: number;
   /** The VMM's private RAM, MiB, hidden from Linux with memmap= (default: medic-ahci's). */
   readonly vmmMiB?: number;
-  /** Seconds the guest waits after MEDIC-GUEST-READY for the host's go (default 600). */
+  /** Seconds the guest waits after MEDIC-GUEST-READY for the host's go (default 3600). */
   readonly waitSeconds?: number;
   /** Each console line, as it arrives. */
   readonly onSerial?: (line: SerialLine) => void;
@@ -58,7 +58,10 @@ export interface LinuxRunOptions {
    * deployment passes "de-virtualized". Default: at once.
    */
   readonly release?: () => Promise<void>;
-  /** Give up (stop the emulator) after this many ms of wall time. Default 600 000. */
+  /**
+   * Give up (stop the emulator) after the guest has run this many ms of wall time, not counting its
+   * wait for `release`. Default 600 000.
+   */
   readonly timeoutMs?: number;
   /** Called when the guest prints MEDIC-GUEST-READY. */
   readonly onReady?: (line: SerialLine) => void;
@@ -84,6 +87,11 @@ export interface GuestIo {
   /** Guest commands the mediator saw (while the VMM was on). */
   mediatedReads: number;
   mediatedWrites: number;
+  /**
+   * Guest reads the policy did not simply pass to the local disk (streaming: completed from the image,
+   * or held until the image's blocks landed), as sector ranges [lba, lba + sectors).
+   */
+  streamedReads: { lba: number; sectors: number; action: "complete" | "defer" }[];
   /** Guest reads and writes that reached the disk with no VMM in the path (sector ranges). */
   directReads: number;
   directWrites: number;
@@ -95,7 +103,13 @@ export class LinuxGuest {
   readonly mediatedWrites = new Map<number, Uint8Array>();
   /** Sectors the guest wrote without the VMM (bare mode, or after de-virtualization); content unknown. */
   readonly directWrites = new Set<number>();
-  readonly io: GuestIo = { mediatedReads: 0, mediatedWrites: 0, directReads: 0, directWrites: 0 };
+  readonly io: GuestIo = {
+    mediatedReads: 0,
+    mediatedWrites: 0,
+    streamedReads: [],
+    directReads: 0,
+    directWrites: 0,
+  };
 
   private constructor(
     readonly options: LinuxGuestOptions,
@@ -138,7 +152,7 @@ export class LinuxGuest {
       clock: options.clock ?? new RealClock(),
     });
     const cmdline = linuxCmdline({
-      extra: [layout.cmdline, `medic.wait=${options.waitSeconds ?? 600}`, ...(options.cmdlineExtra ?? [])],
+      extra: [layout.cmdline, `medic.wait=${options.waitSeconds ?? 3600}`, ...(options.cmdlineExtra ?? [])],
     });
     const v86 = await loadV86Machine({
       vmlinuz: options.vmlinuz,
@@ -176,7 +190,11 @@ export class LinuxGuest {
           this.io.mediatedWrites++;
           pending.set(request, request.readData());
         }
-        return inner.interpret(request);
+        const decision = inner.interpret(request);
+        if (request.op === "read" && decision.action !== "pass") {
+          this.io.streamedReads.push({ lba: request.lba, sectors: request.sectors, action: decision.action });
+        }
+        return decision;
       },
       completed: (request, ok) => {
         const data = pending.get(request);
@@ -205,10 +223,26 @@ export class LinuxGuest {
     const errors: string[] = [];
     let exitsAtRelease: number | null = null;
     let vmmOffAtRelease: boolean | null = null;
-    const timeout = setTimeout(() => {
-      errors.push(`the guest did not power off within ${(options.timeoutMs ?? 600_000) / 1000} s`);
-      void v86.stop();
-    }, options.timeoutMs ?? 600_000);
+    /** Set once the machine has ended. */
+    let ended = false;
+    // The time limit counts the guest's running time only: it stops while the guest waits for the go.
+    const limitMs = options.timeoutMs ?? 600_000;
+    let budgetMs = limitMs;
+    let armedAt = 0;
+    let timeout: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      armedAt = performance.now();
+      timeout = setTimeout(() => {
+        errors.push(`the guest did not power off within ${limitMs / 1000} s of running time`);
+        void v86.stop();
+      }, budgetMs);
+    };
+    const disarm = (): void => {
+      if (timeout === undefined) return;
+      clearTimeout(timeout);
+      timeout = undefined;
+      budgetMs = Math.max(0, budgetMs - (performance.now() - armedAt));
+    };
     const ready = v86.waitForLine(/^MEDIC-GUEST-READY /, 24 * 3600_000).then(
       (line) => {
         options.onReady?.(line);
@@ -218,27 +252,33 @@ export class LinuxGuest {
     );
     const released = v86.waitForLine(/^MEDIC-GUEST-WAIT /, 24 * 3600_000).then(
       async () => {
+        disarm();
         try {
           await (options.release?.() ?? Promise.resolve());
         } catch (error) {
           errors.push(`host: ${error instanceof Error ? error.message : String(error)}`);
         }
+        if (ended) return; // the guest is gone: nothing to release
         exitsAtRelease = host.stats.exits;
         vmmOffAtRelease = !host.on;
+        arm();
         v86.sendSerial("go\n");
       },
       () => {},
     );
     let end: PowerOffEvent;
     try {
+      arm();
       await v86.run();
       end = await v86.done;
     } finally {
-      clearTimeout(timeout);
+      ended = true;
+      disarm();
     }
     await v86.stop();
     const readyLine = await ready;
-    await released;
+    // A release still pending (the guest ended before its go) is not waited for.
+    await Promise.race([released, new Promise((r) => setImmediate(r))]);
     // Commands the guest left behind (none after a clean power-off) finish before anyone reads the disk.
     await this.machine.controller.idle();
     const lines = v86.lines;
