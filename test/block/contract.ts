@@ -1,7 +1,7 @@
 import { Buffer } from "node:buffer";
 import fc from "fast-check";
 import { expect, it } from "vitest";
-import { type BlockBackend, BlockError, SECTOR_SIZE } from "../../runtime/block/types.ts";
+import { type BlockBackend, BlockError, type BlockSource, SECTOR_SIZE } from "../../runtime/block/types.ts";
 
 /** Sector `lba` filled with a byte derived from lba and a tag, so misplaced data shows. */
 export function sectorsOf(lba: number, count: number, tag = 1): Uint8Array {
@@ -119,5 +119,51 @@ export function backendContract(make: (sectors: number) => Promise<BlockBackend>
       }),
       { numRuns: 60 },
     );
+  });
+}
+
+/**
+ * BlockSource.readInto, for sources that have it: the bytes read() gives, at an offset of the
+ * caller's buffer, nothing outside that range touched, and read()'s errors. `make` returns a
+ * source of at least 16 sectors; `expected(lba, count)` is what read(lba, count) must give.
+ */
+export function readIntoContract(
+  make: () => Promise<BlockSource>,
+  expected: (lba: number, count: number) => Uint8Array,
+): void {
+  it("readInto puts read()'s bytes at the offset and touches nothing else", async () => {
+    const source = await make();
+    if (source.readInto === undefined) throw new Error(`${source.description} has no readInto`);
+    for (const [lba, count, offset] of [
+      [0, 1, 0],
+      [3, 5, 7],
+      [10, 6, 512],
+      [16, 0, 3],
+    ] as const) {
+      const target = new Uint8Array(offset + count * SECTOR_SIZE + 9).fill(0xa5);
+      await source.readInto(lba, count, target, offset);
+      expectBytes(target.subarray(offset, offset + count * SECTOR_SIZE), expected(lba, count));
+      expectBytes(await source.read(lba, count), expected(lba, count));
+      expect(target.subarray(0, offset).every((b) => b === 0xa5)).toBe(true);
+      expect(target.subarray(offset + count * SECTOR_SIZE).every((b) => b === 0xa5)).toBe(true);
+    }
+    // The offset defaults to 0; a subarray target is written through its own view.
+    const whole = new Uint8Array(4 * SECTOR_SIZE);
+    await source.readInto(2, 2, whole.subarray(SECTOR_SIZE, 3 * SECTOR_SIZE));
+    expectBytes(whole.subarray(SECTOR_SIZE, 3 * SECTOR_SIZE), expected(2, 2));
+    await source.close();
+  });
+
+  it("readInto rejects bad ranges, small targets and bad offsets with a range error", async () => {
+    const source = await make();
+    const readInto = source.readInto!.bind(source);
+    const end = source.sectors;
+    await expectBlockError(readInto(end - 1, 2, new Uint8Array(2 * SECTOR_SIZE)), "range");
+    await expectBlockError(readInto(-1, 1, new Uint8Array(SECTOR_SIZE)), "range");
+    await expectBlockError(readInto(0, 2, new Uint8Array(2 * SECTOR_SIZE - 1)), "range");
+    await expectBlockError(readInto(0, 1, new Uint8Array(SECTOR_SIZE), 1), "range");
+    await expectBlockError(readInto(0, 1, new Uint8Array(2 * SECTOR_SIZE), -1), "range");
+    await expectBlockError(readInto(0, 1, new Uint8Array(2 * SECTOR_SIZE), 0.5), "range");
+    await source.close();
   });
 }

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FileBackend } from "../../runtime/block/file.ts";
 import { SECTOR_SIZE } from "../../runtime/block/types.ts";
 import { VirtualClock } from "../../runtime/vmx/clock.ts";
-import { backendContract, expectBlockError, sectorsOf } from "./contract.ts";
+import { backendContract, expectBlockError, readIntoContract, sectorsOf } from "./contract.ts";
 
 let dir: string;
 let counter = 0;
@@ -20,6 +20,15 @@ afterAll(async () => {
 
 describe("FileBackend", () => {
   backendContract((sectors) => FileBackend.open(fresh(), { writable: true, create: true, sectors }));
+
+  readIntoContract(
+    async () => {
+      const path = fresh();
+      await writeFile(path, sectorsOf(0, 20));
+      return FileBackend.open(path, { writable: false });
+    },
+    (lba, count) => sectorsOf(lba, count),
+  );
 
   it("stores sectors at their file offsets and keeps them across reopen", async () => {
     const path = fresh();
@@ -44,6 +53,7 @@ describe("FileBackend", () => {
     expect(disk.sectors).toBe(8);
     await truncate(path, 4 * SECTOR_SIZE + 100);
     expect(await disk.read(0, 4)).toEqual(sectorsOf(0, 4));
+    await expectBlockError(disk.readInto(3, 3, new Uint8Array(3 * SECTOR_SIZE)), "short-read");
     const error = await expectBlockError(disk.read(3, 3), "short-read");
     expect(error.message).toContain(path);
     expect(error.message).toContain(String(4 * SECTOR_SIZE + 100));

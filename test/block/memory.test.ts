@@ -1,10 +1,26 @@
 import { describe, expect, it } from "vitest";
 import { MemoryBackend } from "../../runtime/block/memory.ts";
 import { BlockError, SECTOR_SIZE } from "../../runtime/block/types.ts";
-import { backendContract, sectorsOf } from "./contract.ts";
+import { backendContract, expectBlockError, readIntoContract, sectorsOf } from "./contract.ts";
 
 describe("MemoryBackend", () => {
   backendContract(async (sectors) => new MemoryBackend(sectors));
+
+  const image = sectorsOf(0, 20);
+  readIntoContract(
+    async () => new MemoryBackend(image.slice()),
+    (lba, count) => image.slice(lba * SECTOR_SIZE, (lba + count) * SECTOR_SIZE),
+  );
+
+  it("readInto copies once and refuses use after close", async () => {
+    const disk = new MemoryBackend(sectorsOf(0, 4));
+    const target = new Uint8Array(SECTOR_SIZE);
+    await disk.readInto(3, 1, target);
+    disk.bytes.fill(0); // a copy, not a view
+    expect(target).toEqual(sectorsOf(3, 1));
+    await disk.close();
+    await expectBlockError(disk.readInto(0, 1, target), "closed");
+  });
 
   it("uses a given array as the disk itself", async () => {
     const bytes = new Uint8Array(4 * SECTOR_SIZE);

@@ -2,7 +2,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { checkLbaPattern, checkPattern, fillLbaPattern, PatternSource } from "../../runtime/block/pattern.ts";
 import { BlockError, SECTOR_SIZE } from "../../runtime/block/types.ts";
-import { expectBlockError, expectBytes } from "./contract.ts";
+import { expectBlockError, expectBytes, readIntoContract } from "./contract.ts";
 
 /** The format's definition, written the slow obvious way. */
 function reference(firstLba: number, sectors: number): Uint8Array {
@@ -124,6 +124,29 @@ describe("PatternSource", () => {
     a.fill(0);
     expect(checkLbaPattern(b, 0)).toBe(-1);
     expect(a.buffer).not.toBe(b.buffer);
+  });
+
+  describe("readInto (lba)", () => {
+    readIntoContract(
+      async () => new PatternSource(100),
+      (lba, count) => reference(lba, count),
+    );
+  });
+
+  describe("readInto (zero)", () => {
+    readIntoContract(
+      async () => new PatternSource(100, "zero"),
+      (_lba, count) => new Uint8Array(count * SECTOR_SIZE),
+    );
+  });
+
+  it("readInto fills targets at unaligned offsets, and refuses use after close", async () => {
+    const source = new PatternSource(1 << 30);
+    const target = new Uint8Array(3 * SECTOR_SIZE + 5);
+    await source.readInto(123456789, 3, target, 5); // not 8-byte aligned: the staged fill
+    expectBytes(target.subarray(5), reference(123456789, 3));
+    await source.close();
+    await expectBlockError(source.readInto(0, 1, target), "closed");
   });
 
   it("rejects out-of-range reads and use after close", async () => {

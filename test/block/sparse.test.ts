@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { SparseBackend } from "../../runtime/block/sparse.ts";
 import { BlockError, SECTOR_SIZE } from "../../runtime/block/types.ts";
-import { backendContract, sectorsOf } from "./contract.ts";
+import { backendContract, expectBytes, readIntoContract, sectorsOf } from "./contract.ts";
 
 describe("SparseBackend", () => {
   describe("with the default chunk size", () => {
@@ -9,6 +9,34 @@ describe("SparseBackend", () => {
   });
   describe("with small chunks that do not divide the disk", () => {
     backendContract(async (sectors) => new SparseBackend(sectors, 3));
+  });
+
+  describe("readInto, over written, zero-written and never-written chunks", () => {
+    /** Sectors 2..5 and 12..13 hold data, 7..8 were written with zeros, the rest never. */
+    const model = new Uint8Array(20 * SECTOR_SIZE);
+    model.set(sectorsOf(2, 4), 2 * SECTOR_SIZE);
+    model.set(sectorsOf(12, 2, 9), 12 * SECTOR_SIZE);
+    readIntoContract(
+      async () => {
+        const disk = new SparseBackend(20, 3);
+        await disk.write(2, sectorsOf(2, 4));
+        await disk.write(7, new Uint8Array(2 * SECTOR_SIZE));
+        await disk.write(12, sectorsOf(12, 2, 9));
+        return disk;
+      },
+      (lba, count) => model.slice(lba * SECTOR_SIZE, (lba + count) * SECTOR_SIZE),
+    );
+  });
+
+  it("readInto zeroes what was never written, even in a dirty target", async () => {
+    const disk = new SparseBackend(64, 8);
+    await disk.write(9, sectorsOf(9, 1));
+    const target = new Uint8Array(4 * SECTOR_SIZE).fill(0xff);
+    await disk.readInto(8, 4, target);
+    const want = new Uint8Array(4 * SECTOR_SIZE);
+    want.set(sectorsOf(9, 1), SECTOR_SIZE);
+    expectBytes(target, want);
+    expect(disk.chunkCount).toBe(1); // reads never allocate chunks
   });
 
   it("costs only the chunks that were written, even for a 32 GiB disk", async () => {

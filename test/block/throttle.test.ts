@@ -101,6 +101,37 @@ describe("ThrottledSource", () => {
   });
 });
 
+describe("ThrottledSource.readInto", () => {
+  it("takes the link time of read() and gives its bytes, with or without the inner readInto", async () => {
+    for (const inner of [
+      new PatternSource(1 << 20),
+      // No readInto: the throttle falls back to the inner read().
+      {
+        sectors: 1 << 20,
+        description: "plain",
+        read: (l: number, c: number) => new PatternSource(1 << 20).read(l, c),
+        close: async () => {},
+      },
+    ]) {
+      const clock = new VirtualClock();
+      const source = new ThrottledSource(inner, { clock, bandwidth: megabits(8), latency: 5 });
+      const target = new Uint8Array(MiB + 3);
+      await source.readInto(77, sectorsIn(MiB), target, 3);
+      expect(checkLbaPattern(target.subarray(3), 77)).toBe(-1);
+      expect(clock.now()).toBeCloseTo(5 + ((MiB * 8) / 8e6) * 1000, 9);
+      expect(source.stats.readBytes).toBe(MiB);
+    }
+  });
+
+  it("rejects bad requests before they occupy the link", async () => {
+    const clock = new VirtualClock();
+    const source = new ThrottledSource(new PatternSource(100), { clock, bandwidth: megabits(8) });
+    await expectBlockError(source.readInto(99, 2, new Uint8Array(2 * SECTOR_SIZE)), "range");
+    await expectBlockError(source.readInto(0, 2, new Uint8Array(SECTOR_SIZE)), "range");
+    expect(source.stats.requests).toBe(0);
+  });
+});
+
 describe("ThrottledBackend", () => {
   it("sends reads and writes over one shared link", async () => {
     const clock = new VirtualClock();

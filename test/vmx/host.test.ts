@@ -204,6 +204,47 @@ describe("VmxHost MMIO", () => {
     host.mmioRead(BASE, 4);
     expect(host.stats.exitTimeMs).toBeGreaterThanOrEqual(2);
   });
+
+  it("estimates exit time from a random sample of exits when asked, and counts every exit", () => {
+    const { host, region } = setup(true);
+    const spin = (ms: number) => {
+      const until = performance.now() + ms;
+      while (performance.now() < until) {}
+    };
+    region.handler = () => {
+      spin(0.02);
+      return 0;
+    };
+    host.exitTimingInterval = 4;
+    for (let i = 0; i < 2000; i++) host.mmioRead(BASE, 4);
+    expect(host.stats.exits).toBe(2000);
+    const exact = 2000 * 0.02;
+    expect(host.stats.exitTimeMs).toBeGreaterThan(exact * 0.5);
+    expect(host.stats.exitTimeMs).toBeLessThan(exact * 20);
+    host.exitTimingInterval = 1;
+    const before = host.stats.exitTimeMs;
+    host.mmioRead(BASE, 4);
+    expect(host.stats.exitTimeMs - before).toBeGreaterThanOrEqual(0.02); // exact again
+  });
+
+  it("samples about one exit in exitTimingInterval", () => {
+    const { host } = setup(true);
+    host.exitTimingInterval = 8;
+    const now = performance.now.bind(performance);
+    let calls = 0;
+    performance.now = () => {
+      calls++;
+      return now();
+    };
+    try {
+      for (let i = 0; i < 8000; i++) host.mmioRead(BASE, 4);
+    } finally {
+      performance.now = now;
+    }
+    // Two calls per timed exit: about 2 * 8000 / 8.
+    expect(calls).toBeGreaterThan(1500);
+    expect(calls).toBeLessThan(2500);
+  });
 });
 
 describe("VmxHost interrupts", () => {

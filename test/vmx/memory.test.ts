@@ -94,6 +94,20 @@ describe("GuestMemory access", () => {
     expect([...memory.read(100, 4)]).toEqual([1, 0xaa, 0xaa, 0]);
   });
 
+  it("gives a live view for DMA without copies: writes through it are RAM writes", () => {
+    const memory = new GuestMemory({ ramBytes: 4096, vmmBytes: 1024 });
+    const view = memory.liveView(100, 4);
+    view.set([1, 2, 3, 4]);
+    expect([...memory.read(99, 6)]).toEqual([0, 1, 2, 3, 4, 0]);
+    memory.writeU8(101, 9);
+    expect(view[1]).toBe(9);
+    expect(memory.liveView(4095, 1).length).toBe(1); // the VMM's region too: it is RAM
+    expect(memory.liveView(4096, 0).length).toBe(0);
+    expect(() => memory.liveView(4093, 4)).toThrow(MemoryError);
+    expect(() => memory.liveView(-1, 1)).toThrow(MemoryError);
+    expect(() => memory.liveView(0.5, 1)).toThrow(MemoryError);
+  });
+
   it("allows device DMA into the VMM's reserved region, which the guest cannot see", () => {
     const memory = new GuestMemory({ ramBytes: 8192, vmmBytes: 4096 });
     memory.writeU32(4096, 42);
