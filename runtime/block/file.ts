@@ -101,25 +101,19 @@ export class FileBackend implements BlockBackend {
     return this.#closing;
   }
 
-  async #readFully(buffer: Uint8Array, position: number): Promise<void> {
-    let done = 0;
-    while (done < buffer.length) {
-      let bytesRead: number;
-      try {
-        ({ bytesRead } = await this.#handle.read(buffer, done, buffer.length - done, position + done));
-      } catch (error) {
-        throw ioError(this.description, `read at byte ${position + done}`, error);
-      }
-      if (bytesRead === 0) {
-        const at = position + done;
-        throw new BlockError(
+  #readFully(buffer: Uint8Array, position: number): Promise<void> {
+    return readFully(
+      this.#handle,
+      buffer,
+      position,
+      (at, error) => ioError(this.description, `read at byte ${at}`, error),
+      (at) =>
+        new BlockError(
           `${this.description}: short read: file ends at byte ${at} (sector ${Math.floor(at / SECTOR_SIZE)}) ` +
             `but the device has ${this.sectors} sectors; was the file truncated?`,
           "short-read",
-        );
-      }
-      done += bytesRead;
-    }
+        ),
+    );
   }
 
   async #writeFully(data: Uint8Array, position: number): Promise<void> {
@@ -203,4 +197,28 @@ function openError(path: string, writable: boolean, error: unknown): BlockError 
 function ioError(description: string, what: string, error: unknown): BlockError {
   const detail = error instanceof Error ? error.message : String(error);
   return new BlockError(`${description}: ${what} failed: ${detail}`, "io", { cause: error });
+}
+
+/**
+ * Fills `buffer` from `position` with positional reads, looping over short reads; the file
+ * ending first is `shortRead(at)`, a failed read `failed(at, error)`.
+ */
+export async function readFully(
+  handle: FileHandle,
+  buffer: Uint8Array,
+  position: number,
+  failed: (at: number, error: unknown) => Error,
+  shortRead: (at: number) => Error,
+): Promise<void> {
+  let done = 0;
+  while (done < buffer.length) {
+    let bytesRead: number;
+    try {
+      ({ bytesRead } = await handle.read(buffer, done, buffer.length - done, position + done));
+    } catch (error) {
+      throw failed(position + done, error);
+    }
+    if (bytesRead === 0) throw shortRead(position + done);
+    done += bytesRead;
+  }
 }

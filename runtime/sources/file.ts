@@ -1,4 +1,5 @@
 import { type FileHandle, open } from "node:fs/promises";
+import { readFully } from "../block/file.ts";
 import { BlockError, type BlockSource, checkRange, SECTOR_SIZE } from "../block/types.ts";
 import { type Clock, trackIo } from "../vmx/clock.ts";
 import { errorMessage } from "./options.ts";
@@ -84,28 +85,21 @@ export class FileSource implements BlockSource {
     return this.#closing;
   }
 
-  async #readFully(buffer: Uint8Array, position: number): Promise<void> {
-    let done = 0;
-    while (done < buffer.length) {
-      let bytesRead: number;
-      try {
-        ({ bytesRead } = await this.#handle.read(buffer, done, buffer.length - done, position + done));
-      } catch (error) {
-        throw new BlockError(
-          `${this.description}: read error at byte ${position + done}: ${errorMessage(error)}`,
-          "io",
-          { cause: error },
-        );
-      }
-      if (bytesRead === 0) {
-        const at = position + done;
-        throw new BlockError(
+  #readFully(buffer: Uint8Array, position: number): Promise<void> {
+    return readFully(
+      this.#handle,
+      buffer,
+      position,
+      (at, error) =>
+        new BlockError(`${this.description}: read error at byte ${at}: ${errorMessage(error)}`, "io", {
+          cause: error,
+        }),
+      (at) =>
+        new BlockError(
           `${this.description}: short read: the file ends at byte ${at} (sector ${Math.floor(at / SECTOR_SIZE)}) ` +
             `but it had ${this.sectors} sectors when opened; was it truncated?`,
           "short-read",
-        );
-      }
-      done += bytesRead;
-    }
+        ),
+    );
   }
 }
