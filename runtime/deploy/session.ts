@@ -4,7 +4,7 @@ import { ThrottledSource } from "../block/throttle.ts";
 import { type BlockSource, SECTOR_SIZE } from "../block/types.ts";
 import { Machine } from "../machine.ts";
 import type { ReplayEnvironment } from "../replay/replay.ts";
-import { openSource } from "../sources/open.ts";
+import { type OpenSourceOptions, openSource } from "../sources/open.ts";
 import type { SourceEvent } from "../sources/options.ts";
 import type { Clock } from "../vmx/clock.ts";
 import { LocalBitmap } from "./bitmap.ts";
@@ -40,6 +40,10 @@ export interface DeployOptions {
   readonly blockBytes?: number;
   readonly backgroundRate?: number;
   readonly fetchDepth?: number;
+  /** Consecutive blocks fetched in one background request. */
+  readonly fetchBlocks?: number;
+  /** Options for the image source (NBD pipelining depth, request size, timeouts...). */
+  readonly sourceOptions?: OpenSourceOptions;
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
   readonly onProgress?: (progress: DeployProgress) => void;
   readonly onEvent?: (event: EngineEvent | SourceEvent) => void;
@@ -121,7 +125,11 @@ export class DeploySession {
     }
     let source: BlockSource;
     try {
-      source = await openSource(options.image, { clock: options.clock, onEvent: options.onEvent });
+      source = await openSource(options.image, {
+        ...options.sourceOptions,
+        clock: options.clock,
+        onEvent: options.onEvent,
+      });
     } catch (error) {
       throw new DeployError(`cannot open the image ${options.image}: ${messageOf(error)}`);
     }
@@ -169,6 +177,7 @@ export class DeploySession {
       clock: options.clock,
       backgroundRate: options.backgroundRate,
       fetchDepth: options.fetchDepth,
+      fetchBlocks: options.fetchBlocks,
       verifyBlock: options.verifyBlock,
       devirtualize: () => machine.devirtualize(),
       onEvent: options.onEvent,
