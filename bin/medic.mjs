@@ -4,4 +4,7 @@ import { register } from "tsx/esm/api";
 
 register();
 const { main } = await import("../runtime/cli/main.ts");
-process.exitCode = await main(process.argv.slice(2));
+const code = await main(process.argv.slice(2));
+// A finished command exits even if a timer is still pending (a retry back-off, a device that
+// stopped answering); stdout is drained first.
+process.stdout.write("", () => process.exit(code));

@@ -1,14 +1,17 @@
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
+import type { EngineEvent } from "../deploy/engine.ts";
 import { DeployError, DeploySession, type DeploySummary, type Workload } from "../deploy/session.ts";
 import { workloadByName } from "../deploy/workloads.ts";
 import { type Manifest, parseManifest, verifyBlock } from "../sources/manifest.ts";
+import type { SourceEvent } from "../sources/options.ts";
 import { RealClock } from "../vmx/clock.ts";
 import { CliError } from "./errors.ts";
 import { formatBytes, formatMs, progressPrinter } from "./progress.ts";
 
 const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload boot|none|TRACE] [--link-mbps N]
                     [--latency-ms N] [--block-size N] [--background-mbps N] [--manifest FILE]
+                    [--flush-every-mib N] [--retries N] [--give-up-after S] [--allow-larger-disk]
                     [--verify] [--json]
        medic deploy --guest linux --image SRC --disk FILE [--mode bare|passthrough|streaming]
                     [--guest-dir DIR] [--console] [the options above but --workload]
@@ -17,7 +20,13 @@ const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload boot|none
   local disk behind medic's AHCI controller; its kernel and initrd come from --guest-dir (default: beside
   a local image file, else .cache/guest). --mode streaming (default) streams the image while it boots;
   bare and passthrough copy the image first (copy-then-boot), passthrough trapping every register
-  access to the mediator. --console shows the guest's serial console.`;
+  access to the mediator. --console shows the guest's serial console.
+  --flush-every-mib N: fetched data is flushed and recorded in the bitmap every N MiB (default 64): what
+  a killed run may have to fetch again. --retries N: attempts per fetch before the deployment pauses
+  (default 5; the guest's read of a missing block then fails as a disk read error, and the copy tries
+  again later). --give-up-after S: a deployment paused that long after the guest's workload ended
+  exits 1; run it again to resume (default 60). --allow-larger-disk: a local disk larger than the
+  image is used as is (the guest sees its old contents beyond the image).`;
 
 export interface DeployRun {
   readonly summary: DeploySummary;
@@ -45,24 +54,17 @@ export async function deployCommand(args: string[]): Promise<number> {
       disk: o.disk,
       clock,
       workload,
+      allowLargerDisk: o.allowLargerDisk,
       linkBytesPerSecond: o.linkMbps ? (o.linkMbps * 1e6) / 8 : undefined,
       latencyMs: o.latencyMs,
       blockBytes,
       backgroundRate: o.backgroundMbps ? (o.backgroundMbps * 1e6) / 8 : undefined,
+      flushEveryBytes: o.flushEveryMib === undefined ? undefined : o.flushEveryMib * 2 ** 20,
+      retries: o.retries,
+      giveUpAfterMs: o.giveUpAfterS === undefined ? undefined : o.giveUpAfterS * 1000,
       verifyBlock: manifest ? (block, data) => verifyBlock(manifest, block, data) : undefined,
       onProgress: progress ? (p) => progress.update(p) : undefined,
-      onEvent: (e) => {
-        if (o.json) return;
-        if ("type" in e) {
-          if (e.type === "retry")
-            process.stderr.write(`\nfetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}\n`);
-          if (e.type === "error") process.stderr.write(`\ndeployment error: ${e.error}\n`);
-        } else if (e.kind === "reconnecting" || e.kind === "timeout") {
-          process.stderr.write(
-            `\nimage server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}\n`,
-          );
-        }
-      },
+      onEvent: o.json ? undefined : printEvent,
     });
   } catch (error) {
     if (error instanceof DeployError) throw new CliError(error.message, 1);
@@ -132,24 +134,16 @@ async function deployLinuxCommand(o: DeployArgs): Promise<number> {
       latencyMs: o.latencyMs,
       blockBytes,
       backgroundRate: o.backgroundMbps ? (o.backgroundMbps * 1e6) / 8 : undefined,
+      flushEveryBytes: o.flushEveryMib === undefined ? undefined : o.flushEveryMib * 2 ** 20,
+      retries: o.retries,
+      giveUpAfterMs: o.giveUpAfterS === undefined ? undefined : o.giveUpAfterS * 1000,
       verifyBlock: manifest ? (block, data) => verifyBlock(manifest, block, data) : undefined,
       verify: o.verify,
       onProgress: progress ? (p) => progress.update(p) : undefined,
       onConsole: o.console
         ? (line) => process.stderr.write(`${tty ? "\r\x1b[2K" : ""}| ${line.text}\n`)
         : undefined,
-      onEvent: (e) => {
-        if (o.json) return;
-        if ("type" in e) {
-          if (e.type === "retry")
-            process.stderr.write(`\nfetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}\n`);
-          if (e.type === "error") process.stderr.write(`\ndeployment error: ${e.error}\n`);
-        } else if (e.kind === "reconnecting" || e.kind === "timeout") {
-          process.stderr.write(
-            `\nimage server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}\n`,
-          );
-        }
-      },
+      onEvent: o.json ? undefined : printEvent,
     });
     progress?.done();
     const s = result.summary;
@@ -187,6 +181,22 @@ async function deployLinuxCommand(o: DeployArgs): Promise<number> {
     progress?.done();
     if (error instanceof DeployError) throw new CliError(error.message, 1);
     throw error;
+  }
+}
+
+/** What the engine and the image source report while they recover from trouble. */
+function printEvent(e: EngineEvent | SourceEvent): void {
+  const line = (text: string) => process.stderr.write(`\n${text}\n`);
+  if ("type" in e) {
+    if (e.type === "retry") line(`fetch of block ${e.block} failed (attempt ${e.attempt}): ${e.error}`);
+    else if (e.type === "error") line(`deployment error: ${e.error}`);
+    else if (e.type === "paused")
+      line(
+        `deployment paused: ${e.error}; guest reads of missing blocks fail until the image source is back; trying again in ${formatMs(e.retryInMs)}`,
+      );
+    else if (e.type === "resumed") line(`deployment resumed after ${formatMs(e.pausedMs)}`);
+  } else if (e.kind === "reconnecting" || e.kind === "timeout") {
+    line(`image server: ${e.kind}${"error" in e && e.error ? ` (${e.error.message})` : ""}`);
   }
 }
 
@@ -241,6 +251,10 @@ interface DeployArgs {
   blockBytes?: number;
   backgroundMbps?: number;
   manifest?: string;
+  flushEveryMib?: number;
+  retries?: number;
+  giveUpAfterS?: number;
+  allowLargerDisk: boolean;
   verify: boolean;
   json: boolean;
 }
@@ -259,6 +273,10 @@ export function parseDeployArgs(args: string[]): DeployArgs {
         "block-size": { type: "string" },
         "background-mbps": { type: "string" },
         manifest: { type: "string" },
+        "flush-every-mib": { type: "string" },
+        retries: { type: "string" },
+        "give-up-after": { type: "string" },
+        "allow-larger-disk": { type: "boolean" },
         verify: { type: "boolean" },
         json: { type: "boolean" },
         guest: { type: "string" },
@@ -299,6 +317,10 @@ export function parseDeployArgs(args: string[]): DeployArgs {
     blockBytes: positive(values["block-size"], "--block-size"),
     backgroundMbps: positive(values["background-mbps"], "--background-mbps"),
     manifest: typeof values.manifest === "string" ? values.manifest : undefined,
+    flushEveryMib: positive(values["flush-every-mib"], "--flush-every-mib"),
+    retries: integer(values.retries, "--retries"),
+    giveUpAfterS: nonNegative(values["give-up-after"], "--give-up-after"),
+    allowLargerDisk: values["allow-larger-disk"] === true,
     verify: values.verify === true,
     json: values.json === true,
   };
@@ -307,6 +329,13 @@ export function parseDeployArgs(args: string[]): DeployArgs {
 function positive(value: string | boolean | undefined, flag: string): number | undefined {
   const n = nonNegative(value, flag);
   if (n === 0) throw new CliError(`${flag} must be greater than 0`);
+  return n;
+}
+
+function integer(value: string | boolean | undefined, flag: string): number | undefined {
+  const n = nonNegative(value, flag);
+  if (n !== undefined && !Number.isInteger(n))
+    throw new CliError(`${flag} needs a whole number, not '${String(value)}'`);
   return n;
 }
 

@@ -22,10 +22,11 @@ export function progressPrinter(
   return {
     update(p) {
       if (previous && p.atMs > previous.atMs) {
-        const instant = ((p.localBytes - previous.bytes) / (p.atMs - previous.atMs)) * 1000;
+        // The link's rate: local bytes move in steps (a block is local once flushed).
+        const instant = ((p.fetchedBytes - previous.bytes) / (p.atMs - previous.atMs)) * 1000;
         rate = rate === 0 ? instant : rate * 0.7 + instant * 0.3;
       }
-      previous = { atMs: p.atMs, bytes: p.localBytes };
+      previous = { atMs: p.atMs, bytes: p.fetchedBytes };
       const fraction = p.totalBytes === 0 ? 1 : p.localBytes / p.totalBytes;
       const eta =
         rate > 0 && fraction < 1 ? `ETA ${formatMs(((p.totalBytes - p.localBytes) / rate) * 1000)}` : "";

@@ -63,6 +63,11 @@ export interface EngineOptions {
   readonly flushEveryBytes?: number;
   /** Fetch attempts before a block fails. */
   readonly retries?: number;
+  /**
+   * After a fetch fails past its retries the deployment pauses (guest reads of missing blocks
+   * fail as disk read errors; the copy stops) and tries again after this long, doubling up to 30 s.
+   */
+  readonly pauseMs?: number;
   /** Checks a fetched block (a manifest); false makes the engine refetch, then fail. */
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
   /** Turns the VMM off; false when not yet safe (the engine tries again). */
@@ -73,6 +78,8 @@ export interface EngineOptions {
 export type EngineEvent =
   | { readonly type: "retry"; readonly block: number; readonly attempt: number; readonly error: string }
   | { readonly type: "error"; readonly error: string }
+  | { readonly type: "paused"; readonly error: string; readonly retryInMs: number }
+  | { readonly type: "resumed"; readonly pausedMs: number }
   | { readonly type: "complete"; readonly atMs: number }
   | { readonly type: "devirtualized"; readonly atMs: number };
 
@@ -156,6 +163,11 @@ export class DeploymentEngine {
   private quietRetryPending = false;
   private stopped = false;
   private failure: Error | null = null;
+  /** Set while the image source keeps failing: the copy waits, then tries again. */
+  private pause: { error: Error; since: number; until: number } | null = null;
+  private pauseDelayMs = 0;
+  /** Counts pauses: only a fetch started since the latest one proves the source is back. */
+  private pauses = 0;
   private devirtualized = false;
   /** Resolvers of everyone waiting for the engine's state to change. */
   private readonly wakers = new Set<() => void>();
@@ -173,6 +185,7 @@ export class DeploymentEngine {
       guestQuietMs: 5,
       flushEveryBytes: 64 * 1024 * 1024,
       retries: 5,
+      pauseMs: 1000,
       ...definedOnly(options),
     };
     const { bitmap } = options;
@@ -197,6 +210,23 @@ export class DeploymentEngine {
     void this.backgroundLoop();
   }
 
+  /**
+   * Makes what is written locally durable and records it in the bitmap (before the engine is
+   * stopped early, so a new run refetches as little as possible). Errors are left to the caller's
+   * earlier report: a failed flush only means those blocks are fetched again.
+   */
+  async checkpoint(): Promise<void> {
+    // After a fatal error (the local disk failed) the device is not asked again.
+    if (this.devirtualized || this.failure || this.writtenSeq.size === 0) return;
+    const covered = this.seq;
+    // A device that no longer answers (its port stopped for good) must not hold up the shutdown.
+    const result = await Promise.race([
+      this.o.device.issueOwn(this.o.port, { op: "flush", lba: 0, sectors: 0 }, true),
+      this.o.clock.sleep(5000).then(() => ({ ok: false })),
+    ]);
+    if (result.ok) await this.promote(covered);
+  }
+
   /** Stops background work (the guest's redirected reads still complete). */
   stop(): void {
     this.stopped = true;
@@ -205,6 +235,11 @@ export class DeploymentEngine {
 
   get error(): Error | null {
     return this.failure;
+  }
+
+  /** Why and since when the deployment is paused (the image source keeps failing), or null. */
+  get paused(): { readonly error: Error; readonly sinceMs: number } | null {
+    return this.pause && { error: this.pause.error, sinceMs: this.pause.since };
   }
 
   get localBytes(): number {
@@ -395,12 +430,14 @@ export class DeploymentEngine {
     const sectors = Math.min(count * this.sectorsPerBlock, this.o.image.sectors - lba);
     for (const b of blocks) this.state[b] = State.Fetching;
     this.inFlightFetches++;
+    const era = this.pauses;
     const run = this.fetchWithRetries(first, lba, sectors);
     const slice = (data: Uint8Array, i: number) =>
       data.subarray(i * this.blockBytes, Math.min(data.length, (i + 1) * this.blockBytes));
     run.then(
       (data) => {
         this.inFlightFetches--;
+        if (era === this.pauses) this.resume();
         this.stats.bytesFetched += data.length;
         if (!urgent) this.stats.bytesBackground += data.length;
         for (const [i, b] of blocks.entries()) {
@@ -420,7 +457,9 @@ export class DeploymentEngine {
           this.landed.get(b)?.reject(error);
           this.landed.delete(b);
         }
-        this.fail(error);
+        if (this.stopped) this.kick();
+        else if (isFatal(error)) this.fail(error);
+        else this.pauseFor(error);
       },
     );
     for (const [i, b] of blocks.entries()) {
@@ -442,18 +481,14 @@ export class DeploymentEngine {
         return data;
       } catch (error) {
         lastError = error;
-        if (
-          error instanceof BlockError &&
-          (error.code === "changed" || error.code === "config" || error.code === "range")
-        )
-          break;
+        if (isFatal(error) || this.stopped) break;
         this.stats.fetchRetries++;
         this.o.onEvent?.({ type: "retry", block: first, attempt: attempt + 1, error: messageOf(error) });
         await this.o.clock.sleep(Math.min(2000, 50 * 2 ** attempt));
       }
     }
     throw new BlockError(
-      `cannot fetch sectors ${lba}..${lba + sectors} from ${this.o.image.description}: ${messageOf(lastError)}`,
+      `cannot fetch sectors ${lba}..${lba + sectors - 1} of the image: ${messageOf(lastError)}`,
       lastError instanceof BlockError ? lastError.code : "io",
       { cause: lastError },
     );
@@ -528,7 +563,7 @@ export class DeploymentEngine {
     this.writerRunning = true;
     let pausedForGuest = false;
     try {
-      while (!this.failure) {
+      while (!this.failure && !this.stopped) {
         const urgent = this.urgentQueue.length > 0;
         const quietFor = this.guestQuietFor();
         if (!urgent && this.backgroundQueue.length > 0 && quietFor < this.o.guestQuietMs) {
@@ -658,6 +693,10 @@ export class DeploymentEngine {
       // ever be written again, or a resumed run could overwrite the guest's newer writes.
       if (this.stats.completedAtMs !== null) {
         if (this.tryDevirtualize()) break;
+      } else if (this.pause && this.o.clock.now() < this.pause.until) {
+        // The source keeps failing: let it recover (guest misses still try, and end the pause).
+        await this.changed(this.pause.until - this.o.clock.now());
+        continue;
       } else {
         // A background rate of 0 turns the background copy off: only the guest's misses are fetched.
         const next = this.o.backgroundRate > 0 ? this.nextRemote() : -1;
@@ -668,7 +707,9 @@ export class DeploymentEngine {
           await this.changed(Math.max(0.5, this.o.guestQuietMs - quietFor));
           continue;
         }
-        if (next >= 0 && room && this.inFlightFetches < this.o.fetchDepth) {
+        // Right after a pause one fetch probes the source; the others wait for its answer.
+        const depth = this.pause ? 1 : this.o.fetchDepth;
+        if (next >= 0 && room && this.inFlightFetches < depth) {
           const now = this.o.clock.now();
           if (now < this.nextBackgroundAt) {
             // Rate limit: wait, then look again (the guest may have fetched that block meanwhile).
@@ -742,6 +783,32 @@ export class DeploymentEngine {
 
   // ---- helpers --------------------------------------------------------------------------------
 
+  /** The image source failed past its retries: pause the copy, try again later (backing off). */
+  private pauseFor(error: unknown): void {
+    if (this.failure) return;
+    const now = this.o.clock.now();
+    const err = error instanceof Error ? error : new Error(String(error));
+    if (this.pause && now < this.pause.until) {
+      this.pause.error = err;
+      return;
+    }
+    this.pauses++;
+    this.pauseDelayMs = this.pauseDelayMs === 0 ? this.o.pauseMs : Math.min(30_000, this.pauseDelayMs * 2);
+    this.pause = { error: err, since: this.pause?.since ?? now, until: now + this.pauseDelayMs };
+    this.o.onEvent?.({ type: "paused", error: err.message, retryInMs: this.pauseDelayMs });
+    this.kick();
+  }
+
+  /** A fetch succeeded: the source is back. */
+  private resume(): void {
+    this.pauseDelayMs = 0;
+    if (!this.pause) return;
+    const pausedMs = this.o.clock.now() - this.pause.since;
+    this.pause = null;
+    this.o.onEvent?.({ type: "resumed", pausedMs });
+    this.kick();
+  }
+
   private fail(error: unknown): void {
     if (this.failure) return;
     this.failure = error instanceof Error ? error : new Error(String(error));
@@ -789,6 +856,14 @@ function concat(parts: readonly Uint8Array[]): Uint8Array {
 /** Options the caller left undefined keep their defaults. */
 function definedOnly<T extends object>(options: T): T {
   return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as T;
+}
+
+/** Errors that waiting cannot cure: the image changed, or the request is wrong. */
+function isFatal(error: unknown): boolean {
+  return (
+    error instanceof BlockError &&
+    (error.code === "changed" || error.code === "config" || error.code === "range")
+  );
 }
 
 function messageOf(error: unknown): string {

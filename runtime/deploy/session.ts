@@ -1,7 +1,7 @@
 import { stat } from "node:fs/promises";
 import { FileBackend } from "../block/file.ts";
 import { ThrottledSource } from "../block/throttle.ts";
-import { type BlockSource, SECTOR_SIZE } from "../block/types.ts";
+import { BlockError, type BlockSource, SECTOR_SIZE } from "../block/types.ts";
 import { Machine } from "../machine.ts";
 import type { ReplayEnvironment } from "../replay/replay.ts";
 import { type OpenSourceOptions, openSource } from "../sources/open.ts";
@@ -35,6 +35,8 @@ export interface DeployOptions {
   readonly disk: string;
   readonly clock: Clock;
   readonly workload: Workload | null;
+  /** Use a local disk larger than the image as it is (the guest sees its old contents beyond the image). */
+  readonly allowLargerDisk?: boolean;
   readonly linkBytesPerSecond?: number;
   readonly latencyMs?: number;
   readonly blockBytes?: number;
@@ -42,9 +44,19 @@ export interface DeployOptions {
   readonly fetchDepth?: number;
   /** Consecutive blocks fetched in one background request. */
   readonly fetchBlocks?: number;
+  /** Local writes between the engine's flushes (each flush records the blocks in the bitmap). */
+  readonly flushEveryBytes?: number;
   /** Options for the image source (NBD pipelining depth, request size, timeouts...). */
   readonly sourceOptions?: OpenSourceOptions;
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
+  /** Fetch attempts of the engine (and of a remote source per request) before the deployment pauses. */
+  readonly retries?: number;
+  /**
+   * A deployment paused because the image source keeps failing gives up after this long once the
+   * guest's workload is over (or there is none): run() rejects with a DeployError; the bitmap holds
+   * what is durable, so a new run resumes. Default 60 000 ms.
+   */
+  readonly giveUpAfterMs?: number;
   readonly onProgress?: (progress: DeployProgress) => void;
   readonly onEvent?: (event: EngineEvent | SourceEvent) => void;
   /**
@@ -126,6 +138,7 @@ export class DeploySession {
     let source: BlockSource;
     try {
       source = await openSource(options.image, {
+        ...(options.retries === undefined ? {} : { retries: options.retries }),
         ...options.sourceOptions,
         clock: options.clock,
         onEvent: options.onEvent,
@@ -134,10 +147,12 @@ export class DeploySession {
       throw new DeployError(`cannot open the image ${options.image}: ${messageOf(error)}`);
     }
     const imageBytes = source.sectors * SECTOR_SIZE;
-    const disk = await openDisk(options.disk, source.sectors).catch(async (error) => {
-      await source.close();
-      throw error;
-    });
+    const disk = await openDisk(options.disk, source.sectors, options.allowLargerDisk === true).catch(
+      async (error) => {
+        await source.close();
+        throw error;
+      },
+    );
     const image =
       options.linkBytesPerSecond || options.latencyMs
         ? new ThrottledSource(source, {
@@ -178,6 +193,8 @@ export class DeploySession {
       backgroundRate: options.backgroundRate,
       fetchDepth: options.fetchDepth,
       fetchBlocks: options.fetchBlocks,
+      flushEveryBytes: options.flushEveryBytes,
+      retries: options.retries,
       verifyBlock: options.verifyBlock,
       devirtualize: () => machine.devirtualize(),
       onEvent: options.onEvent,
@@ -200,17 +217,27 @@ export class DeploySession {
       },
       () => {},
     );
+    let workloadDone = !this.options.workload;
     const workload = this.options.workload
       ? this.options.workload.run(this.environment()).then((r) => {
           guestDoneAt = clock.now() - start;
           result = r;
           this.workloadResult = r;
+          workloadDone = true;
         })
       : Promise.resolve();
     const ticker = this.progressTicker(start, () => readyAt ?? guestDoneAt);
+    const watch = this.giveUpWhenStuck(() => workloadDone);
     try {
-      await Promise.all([this.engine.finished(), workload]);
+      await Promise.race([Promise.all([this.engine.finished(), workload]), watch.gaveUp]);
+    } catch (error) {
+      // The device only tells the engine "error"; the operator needs the disk's reason.
+      const reason = this.machine.controller.lastDiskError;
+      if (reason && error instanceof BlockError && /^local disk/.test(error.message))
+        throw new DeployError(`${error.message} (the local disk said: ${reason})`, { cause: error });
+      throw error;
     } finally {
+      watch.stop();
       ticker.stop();
     }
     const stats = this.engine.stats;
@@ -259,7 +286,36 @@ export class DeploySession {
     return bad;
   }
 
+  /**
+   * Rejects once the deployment has been paused (the image source keeps failing) for
+   * giveUpAfterMs while no guest workload runs any more.
+   */
+  private giveUpWhenStuck(workloadDone: () => boolean): { gaveUp: Promise<never>; stop(): void } {
+    const limit = this.options.giveUpAfterMs ?? 60_000;
+    let timer: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<never>((_, reject) => {
+      timer = setInterval(() => {
+        const paused = this.engine.paused;
+        if (!paused || !workloadDone() || this.options.clock.now() - paused.sinceMs < limit) return;
+        clearInterval(timer);
+        // What arrived before the trouble is kept: the next run resumes from there.
+        void this.engine.checkpoint().then(() => {
+          const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+          reject(
+            new DeployError(
+              `the image source keeps failing (${paused.error.message}); gave up after ${Math.round(limit / 1000)} s paused ` +
+                `with ${mib(this.engine.localBytes)} of ${mib(this.engine.totalBytes)} local: run the same command again to resume`,
+            ),
+          );
+        });
+      }, 100);
+    });
+    gaveUp.catch(() => {});
+    return { gaveUp, stop: () => clearInterval(timer) };
+  }
+
   async close(): Promise<void> {
+    await this.engine.checkpoint();
     this.engine.stop();
     await this.machine.controller.idle();
     await this.disk.close();
@@ -291,7 +347,7 @@ export class DeploySession {
 }
 
 /** Opens (or creates, sparse) the local disk; it must hold the whole image. */
-async function openDisk(path: string, imageSectors: number): Promise<FileBackend> {
+async function openDisk(path: string, imageSectors: number, allowLarger: boolean): Promise<FileBackend> {
   let exists = true;
   try {
     const s = await stat(path);
@@ -299,6 +355,13 @@ async function openDisk(path: string, imageSectors: number): Promise<FileBackend
     if (s.size < imageSectors * SECTOR_SIZE) {
       throw new DeployError(
         `the disk ${path} is ${s.size} bytes, smaller than the image (${imageSectors * SECTOR_SIZE} bytes)`,
+      );
+    }
+    if (s.size > imageSectors * SECTOR_SIZE && !allowLarger) {
+      // The guest would read whatever the disk held before beyond the image: say so, do not guess.
+      throw new DeployError(
+        `the image (${imageSectors * SECTOR_SIZE} bytes) is smaller than the disk ${path} (${s.size} bytes): ` +
+          "the guest would see the disk's old contents beyond the image; pass --allow-larger-disk to deploy anyway",
       );
     }
   } catch (error) {

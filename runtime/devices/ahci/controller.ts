@@ -254,6 +254,11 @@ export class AhciController {
   onInterrupt: (level: boolean) => void;
   /** Commands executed, for tests and benchmarks. */
   readonly stats = { commands: 0, errors: 0, bytesRead: 0, bytesWritten: 0 };
+  /**
+   * Why the backing disk last failed (the guest only sees ATA status and error, as from a real
+   * disk; the operator needs the reason).
+   */
+  lastDiskError: string | null = null;
 
   constructor(options: AhciControllerOptions) {
     if (options.disks.length === 0 || options.disks.length > PORT_COUNT) {
@@ -551,8 +556,14 @@ export class AhciController {
   private async flush(command: Command): Promise<void> {
     const port = command.port;
     try {
-      // A failing flush rejects this promise, as it always has: nothing catches it.
-      await port.disk.flush();
+      try {
+        await port.disk.flush();
+      } catch (error) {
+        // A disk that cannot make its cache durable fails the command, as a disk reports it.
+        this.noteDiskError("flush", error);
+        if (port.epoch === command.epoch) this.fail(port, command.slot, null, ERROR_ABORT);
+        return;
+      }
       if (port.epoch !== command.epoch) return;
       this.complete(port, command.slot, null, 0, command.headerAddress);
     } finally {
@@ -604,7 +615,8 @@ export class AhciController {
         if (port.epoch !== epoch) return;
         this.stats.bytesWritten += bytes;
       }
-    } catch {
+    } catch (error) {
+      this.noteDiskError(`${ata.kind} at sector ${ata.lba}`, error);
       if (port.epoch !== epoch) return;
       return this.fail(port, slot, tag, ERROR_ABORT);
     }
@@ -702,6 +714,10 @@ export class AhciController {
     this.storeFis(port, RECEIVED_FIS_RFIS, encodeRegD2HFis(fis));
     this.registers.set(port.base + PORT_TFD, ((error << PORT_TFD_ERR_SHIFT) | DEVICE.errorStatus) >>> 0);
     this.raise(port, PORT_IS_TFES | PORT_IS_DHRS);
+  }
+
+  private noteDiskError(what: string, error: unknown): void {
+    this.lastDiskError = `${what}: ${error instanceof Error ? error.message : String(error)}`;
   }
 
   /** A pointer outside physical memory: host bus fatal error, the port halts. */

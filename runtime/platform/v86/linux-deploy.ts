@@ -83,6 +83,9 @@ export interface LinuxDeployOptions {
   readonly blockBytes?: number;
   readonly backgroundRate?: number;
   readonly fetchDepth?: number;
+  readonly flushEveryBytes?: number;
+  readonly retries?: number;
+  readonly giveUpAfterMs?: number;
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
   /** Compare the disk with the image and check the guest's files afterwards. */
   readonly verify?: boolean;
@@ -174,6 +177,9 @@ async function streaming(o: LinuxDeployOptions): Promise<LinuxDeployResult> {
       blockBytes: o.blockBytes,
       backgroundRate: o.backgroundRate,
       fetchDepth: o.fetchDepth,
+      flushEveryBytes: o.flushEveryBytes,
+      retries: o.retries,
+      giveUpAfterMs: o.giveUpAfterMs,
       verifyBlock: o.verifyBlock,
       onProgress: o.onProgress,
       onEvent: o.onEvent,
