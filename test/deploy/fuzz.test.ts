@@ -10,6 +10,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  decodeAtaCommand,
+  decodeRegH2DFis,
   HOST_BASE,
   HOST_GHC,
   HOST_IS,
@@ -272,6 +274,14 @@ function expectedCheck(rig: Rig, slot: number): { refused: boolean; counted: boo
     const address = pv.getUint32(i * 16, true) + pv.getUint32(i * 16 + 4, true) * 2 ** 32;
     const length = (pv.getUint32(i * 16 + 12, true) & 0x3fffff) + 1;
     if (!isGuest(address, length)) return { refused: true, counted: true };
+  }
+  // A queued command whose FIS tag is not its slot (two headers sharing one table can do this)
+  // is refused as malformed: its completion would clear another slot's bit (AHCI: tag = slot).
+  const fis = mem.read(table, 20);
+  if (fis[0] === 0x27) {
+    const command = decodeAtaCommand(decodeRegH2DFis(fis));
+    if ((command.kind === "read" || command.kind === "write") && command.queued && command.tag !== slot)
+      return { refused: true, counted: false };
   }
   return { refused: false, counted: false };
 }
