@@ -22,7 +22,7 @@ const MEDIC = join(ROOT, "bin/medic.mjs");
 const MiB = 1024 * 1024;
 /**
  * The engine makes blocks durable (flush, then bitmap) every 64 MiB of local writes while the copy
- * streams (flushEveryBytes, not settable from the CLI), so the image spans four such windows.
+ * streams (the default of --flush-every-mib), so the image spans four such windows.
  */
 const IMAGE_BYTES = 256 * MiB;
 const FLUSH_WINDOW = 64 * MiB;
