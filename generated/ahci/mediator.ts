@@ -54,6 +54,7 @@ import {
   RECEIVED_FIS_SDBFIS,
   RECEIVED_FIS_SIZE,
   REG_D2H_FIS_FLAGS_I,
+  REG_D2H_FIS_SIZE,
   REG_H2D_FIS_TYPE,
   REG_H2D_FIS_TYPE_VALUE,
   SET_DEVICE_BITS_FIS_FLAGS_I,
@@ -208,6 +209,13 @@ class PortShadow {
   emulatedIs = 0;
   /** Task-file value the guest must see instead of the device's, after an emulated completion. */
   taskFile: number | null = null;
+  /**
+   * A register FIS the device posted when the mediator's command turned FIS reception on (the
+   * signature it holds back after a reset until reception is on): the guest's, delivered when the
+   * guest turns its own reception on, with the task file it set.
+   */
+  owedFis: Uint8Array | null = null;
+  owedTaskFile = 0;
   /** An emulated error stopped command processing until the guest restarts the engine. */
   stopped = false;
   /** Bumped on reset or engine stop: late answers for dropped commands are ignored. */
@@ -800,11 +808,13 @@ export class AhciMediator {
       if ((own.guestCmd & PORT_CMD_ST) !== 0 && (value & PORT_CMD_ST) === 0) this.dropCommands(port, false);
       own.guestCmd = ((own.guestCmd & ~engine) | (value & engine)) >>> 0;
       this.host.deviceWrite(this.portBase(port) + PORT_CMD, (value & ~engine) | (this.host.deviceRead(this.portBase(port) + PORT_CMD) & engine));
+      if ((value & PORT_CMD_FRE) !== 0) this.deliverOwed(port);
       return;
     }
     const before = this.host.deviceRead(this.portBase(port) + PORT_CMD);
     if ((before & PORT_CMD_ST) !== 0 && (value & PORT_CMD_ST) === 0) this.dropCommands(port, false);
     this.host.deviceWrite(this.portBase(port) + PORT_CMD, value);
+    if ((value & PORT_CMD_FRE) !== 0) this.deliverOwed(port);
     // Commands issued while the engine was off go now, checked again.
     if ((before & PORT_CMD_ST) === 0 && (value & PORT_CMD_ST) !== 0) this.release(port);
   }
@@ -851,6 +861,8 @@ export class AhciMediator {
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;
+      // The device posts a new signature after the reset.
+      shadow.owedFis = null;
     }
   }
 
@@ -969,6 +981,7 @@ export class AhciMediator {
       const list = privateBase;
       const fisArea = privateBase + COMMAND_LIST_SIZE;
       this.installLists(port, list, fisArea);
+      this.receiveOwn(port, own, fisArea);
       this.host.deviceWrite(base + PORT_CMD, (this.host.deviceRead(base + PORT_CMD) | PORT_CMD_FRE | PORT_CMD_ST) >>> 0);
       result = await this.executeOwn(port, own, privateBase);
     } catch (error) {
@@ -1009,6 +1022,38 @@ export class AhciMediator {
     this.updateLine();
     this.release(port);
     this.maybeIdle(port);
+  }
+
+  /**
+   * Turns FIS reception on for the mediator's command. A register FIS the device posts right then
+   * is not the command's: it was waiting for reception (the signature after a reset) and is owed
+   * to the guest, which meanwhile still sees the task file it saw before.
+   */
+  private receiveOwn(port: number, own: OwnRun, fisArea: number): void {
+    const shadow = this.ports[port]!;
+    const base = this.portBase(port);
+    const taskFileBefore = this.host.deviceRead(base + PORT_TFD);
+    const statusBefore = this.host.deviceRead(base + PORT_IS);
+    this.host.deviceWrite(base + PORT_CMD, (this.host.deviceRead(base + PORT_CMD) | PORT_CMD_FRE) >>> 0);
+    const posted = this.host.deviceRead(base + PORT_IS) & ~statusBefore & PORT_IS_DHRS;
+    if (posted === 0 || (own.guestCmd & PORT_CMD_FRE) !== 0) return;
+    shadow.owedFis = this.host.memory.read(fisArea + RECEIVED_FIS_RFIS, REG_D2H_FIS_SIZE);
+    shadow.owedTaskFile = this.host.deviceRead(base + PORT_TFD);
+    shadow.taskFile ??= taskFileBefore;
+  }
+
+  /** The guest turned FIS reception on: the register FIS it is owed lands now, as it would have. */
+  private deliverOwed(port: number): void {
+    const shadow = this.ports[port]!;
+    const fis = shadow.owedFis;
+    if (fis === null) return;
+    shadow.owedFis = null;
+    const lists = shadow.guestLists ?? this.readLists(port);
+    const fisArea = lists[2] + lists[3] * 2 ** 32;
+    if (this.host.isGuestRange(fisArea, RECEIVED_FIS_SIZE)) this.host.memory.write(fisArea + RECEIVED_FIS_RFIS, fis);
+    shadow.taskFile = shadow.owedTaskFile;
+    shadow.emulatedIs = (shadow.emulatedIs | PORT_IS_DHRS) >>> 0;
+    this.raise(port);
   }
 
   private installLists(port: number, list: number, fisArea: number): void {
@@ -1121,7 +1166,9 @@ export class AhciMediator {
       if (this.guestBusy(shadow) || shadow.deferred !== 0 || shadow.own !== null || shadow.pending.length > 0) return false;
       if (shadow.emulatedIs !== 0 || shadow.stopped || shadow.guestLists !== null) return false;
       if (shadow.issued !== 0 || shadow.queued !== 0) return false;
-      if (shadow.taskFile !== null && shadow.taskFile !== this.host.deviceRead(this.portBase(port) + PORT_TFD)) return false;
+      // An owed FIS is dropped if the guest never turned reception on: the one case where the
+      // guest can tell (it would have got the FIS, and PxTFD from it, after de-virtualization).
+      if (shadow.owedFis === null && shadow.taskFile !== null && shadow.taskFile !== this.host.deviceRead(this.portBase(port) + PORT_TFD)) return false;
     }
     return true;
   }

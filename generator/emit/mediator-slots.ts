@@ -89,6 +89,7 @@ interface Names {
   readonly prdSize: string;
   readonly prdtOffset: string;
   readonly d2hOffset: string;
+  readonly d2hSize: string;
   readonly sdbOffset: string;
   readonly fisAreaSize: string;
   readonly listSize: string;
@@ -311,6 +312,7 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     prdSize: S(`${constName(prd.name)}_SIZE`),
     prdtOffset: S(`${constName(table.name)}_${constName(tail.name)}`),
     d2hOffset: S(`${constName(fisArea)}_${constName(plainCompletion.at.member)}`),
+    d2hSize: S(`${constName(d2h.name)}_SIZE`),
     sdbOffset: S(`${constName(fisArea)}_${constName(queuedCompletion.at.member)}`),
     fisAreaSize: S(`${constName(fisArea)}_SIZE`),
     listSize: S(`${constName(list.name)}_SIZE`),
@@ -513,6 +515,13 @@ class PortShadow {
   emulatedIs = 0;
   /** Task-file value the guest must see instead of the device's, after an emulated completion. */
   taskFile: number | null = null;
+  /**
+   * A register FIS the device posted when the mediator's command turned FIS reception on (the
+   * signature it holds back after a reset until reception is on): the guest's, delivered when the
+   * guest turns its own reception on, with the task file it set.
+   */
+  owedFis: Uint8Array | null = null;
+  owedTaskFile = 0;
   /** An emulated error stopped command processing until the guest restarts the engine. */
   stopped = false;
   /** Bumped on reset or engine stop: late answers for dropped commands are ignored. */
@@ -1109,11 +1118,13 @@ ${n.portResets
       if ((own.guestCmd & ${n.st}) !== 0 && (value & ${n.st}) === 0) this.dropCommands(port, false);
       own.guestCmd = ((own.guestCmd & ~engine) | (value & engine)) >>> 0;
       this.host.deviceWrite(this.portBase(port) + ${n.cmd}, (value & ~engine) | (this.host.deviceRead(this.portBase(port) + ${n.cmd}) & engine));
+      if ((value & ${n.fre}) !== 0) this.deliverOwed(port);
       return;
     }
     const before = this.host.deviceRead(this.portBase(port) + ${n.cmd});
     if ((before & ${n.st}) !== 0 && (value & ${n.st}) === 0) this.dropCommands(port, false);
     this.host.deviceWrite(this.portBase(port) + ${n.cmd}, value);
+    if ((value & ${n.fre}) !== 0) this.deliverOwed(port);
     // Commands issued while the engine was off go now, checked again.
     if ((before & ${n.st}) === 0 && (value & ${n.st}) !== 0) this.release(port);
   }
@@ -1160,6 +1171,8 @@ ${n.portResets
     if (reset) {
       shadow.emulatedIs = 0;
       shadow.taskFile = null;
+      // The device posts a new signature after the reset.
+      shadow.owedFis = null;
     }
   }
 
@@ -1278,6 +1291,7 @@ ${n.portResets
       const list = privateBase;
       const fisArea = privateBase + ${n.listSize};
       this.installLists(port, list, fisArea);
+      this.receiveOwn(port, own, fisArea);
       this.host.deviceWrite(base + ${n.cmd}, (this.host.deviceRead(base + ${n.cmd}) | ${n.fre} | ${n.st}) >>> 0);
       result = await this.executeOwn(port, own, privateBase);
     } catch (error) {
@@ -1318,6 +1332,38 @@ ${n.portResets
     this.updateLine();
     this.release(port);
     this.maybeIdle(port);
+  }
+
+  /**
+   * Turns FIS reception on for the mediator's command. A register FIS the device posts right then
+   * is not the command's: it was waiting for reception (the signature after a reset) and is owed
+   * to the guest, which meanwhile still sees the task file it saw before.
+   */
+  private receiveOwn(port: number, own: OwnRun, fisArea: number): void {
+    const shadow = this.ports[port]!;
+    const base = this.portBase(port);
+    const taskFileBefore = this.host.deviceRead(base + ${n.tfd});
+    const statusBefore = this.host.deviceRead(base + ${n.is});
+    this.host.deviceWrite(base + ${n.cmd}, (this.host.deviceRead(base + ${n.cmd}) | ${n.fre}) >>> 0);
+    const posted = this.host.deviceRead(base + ${n.is}) & ~statusBefore & ${n.completeBit};
+    if (posted === 0 || (own.guestCmd & ${n.fre}) !== 0) return;
+    shadow.owedFis = this.host.memory.read(fisArea + ${n.d2hOffset}, ${n.d2hSize});
+    shadow.owedTaskFile = this.host.deviceRead(base + ${n.tfd});
+    shadow.taskFile ??= taskFileBefore;
+  }
+
+  /** The guest turned FIS reception on: the register FIS it is owed lands now, as it would have. */
+  private deliverOwed(port: number): void {
+    const shadow = this.ports[port]!;
+    const fis = shadow.owedFis;
+    if (fis === null) return;
+    shadow.owedFis = null;
+    const lists = shadow.guestLists ?? this.readLists(port);
+    const fisArea = lists[2] + lists[3] * 2 ** 32;
+    if (this.host.isGuestRange(fisArea, ${n.fisAreaSize})) this.host.memory.write(fisArea + ${n.d2hOffset}, fis);
+    shadow.taskFile = shadow.owedTaskFile;
+    shadow.emulatedIs = (shadow.emulatedIs | ${n.completeBit}) >>> 0;
+    this.raise(port);
   }
 
   private installLists(port: number, list: number, fisArea: number): void {
@@ -1430,7 +1476,9 @@ ${n.portResets
       if (this.guestBusy(shadow) || shadow.deferred !== 0 || shadow.own !== null || shadow.pending.length > 0) return false;
       if (shadow.emulatedIs !== 0 || shadow.stopped || shadow.guestLists !== null) return false;
       if (shadow.issued !== 0 || shadow.queued !== 0) return false;
-      if (shadow.taskFile !== null && shadow.taskFile !== this.host.deviceRead(this.portBase(port) + ${n.tfd})) return false;
+      // An owed FIS is dropped if the guest never turned reception on: the one case where the
+      // guest can tell (it would have got the FIS, and PxTFD from it, after de-virtualization).
+      if (shadow.owedFis === null && shadow.taskFile !== null && shadow.taskFile !== this.host.deviceRead(this.portBase(port) + ${n.tfd})) return false;
     }
     return true;
   }

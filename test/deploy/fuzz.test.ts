@@ -25,6 +25,8 @@ import {
   PORT_IS,
   PORT_SACT,
   PORT_SERR,
+  PORT_SIG,
+  PORT_SSTS,
   PORT_TFD,
   portOffset,
 } from "../../generated/ahci/index.ts";
@@ -808,6 +810,47 @@ describe("mediator: targeted cases", () => {
     ).toBe(0);
     await own;
   });
+
+  it.each([
+    { when: "while the mediator's own command runs", during: true },
+    { when: "after the mediator's own command ran", during: false },
+  ])(
+    "a guest enabling FIS reception after an HBA reset $when gets the signature FIS and DHRS at once, as on bare metal",
+    async ({ during }) => {
+      // After an HBA reset the device's signature FIS waits for FRE. The mediator's own command
+      // turns FRE on in its private area: the signature must still reach the guest when the guest
+      // turns FRE on, with DHRS, at that moment, as without a mediator.
+      const run = async (mediated: boolean) => {
+        const rig = passthroughRig(20);
+        const m = rig.machine;
+        setReg(rig, HOST_BASE + HOST_GHC, GHC_AE);
+        setReg(rig, HOST_BASE + HOST_GHC, GHC_AE | 1);
+        await waitFor(rig, () => (reg(rig, HOST_BASE + HOST_GHC) & 1) === 0, "GHC.HR to clear");
+        setReg(rig, HOST_BASE + HOST_GHC, GHC_AE);
+        await waitFor(rig, () => (reg(rig, P(PORT_SSTS)) & 0xf) === 3, "the link");
+        m.memory.fill(FB, 0x100, 0);
+        setReg(rig, P(PORT_CLB), CLB);
+        setReg(rig, P(PORT_FB), FB);
+        const own = mediated ? m.mediator!.issueOwn(0, { op: "flush", lba: 0, sectors: 0 }) : null;
+        await rig.clock.sleep(during ? 1 : 50);
+        if (own && !during) expect((await own).ok).toBe(true);
+        setReg(rig, P(PORT_IS), 0xffffffff);
+        setReg(rig, P(PORT_CMD), reg(rig, P(PORT_CMD)) | FRE);
+        await rig.clock.sleep(0.1);
+        const seen = {
+          is: reg(rig, P(PORT_IS)).toString(16),
+          tfd: reg(rig, P(PORT_TFD)).toString(16),
+          sig: reg(rig, P(PORT_SIG)).toString(16),
+          rfis: Buffer.from(m.memory.read(FB + 0x40, 20)).toString("hex"),
+        };
+        if (own && during) expect((await own).ok).toBe(true);
+        return seen;
+      };
+      const bare = await run(false);
+      expect(bare.is).toBe("1");
+      expect(await run(true)).toEqual(bare);
+    },
+  );
 
   it("a guest reset at any moment of the mediator's own command leaves neither its lists nor a running engine behind", async () => {
     // runOwn does not look at `aborted` after stopEngine(): a COMRESET or HBA reset in that window
