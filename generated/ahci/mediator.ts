@@ -31,6 +31,7 @@ import {
   PORT_SACT,
   PORT_SCTL,
   PORT_SCTL_DET,
+  PORT_SIZE,
   PORT_STRIDE,
   PORT_TFD,
   PORT_TFD_ERR_SHIFT,
@@ -216,6 +217,8 @@ class PortShadow {
    */
   owedFis: Uint8Array | null = null;
   owedTaskFile = 0;
+  /** Port registers that FIS changed (its signature register...), as the guest saw them before. */
+  owedRegisters: Map<number, number> | null = null;
   /** An emulated error stopped command processing until the guest restarts the engine. */
   stopped = false;
   /** Bumped on reset or engine stop: late answers for dropped commands are ignored. */
@@ -340,7 +343,7 @@ export class AhciMediator {
         return ((device & ~engine) | (own.guestCmd & (PORT_CMD_ST | PORT_CMD_FRE)) | running) >>> 0;
       }
       default:
-        return this.host.deviceRead(offset);
+        return shadow.owedRegisters?.get(register) ?? this.host.deviceRead(offset);
     }
   }
 
@@ -863,6 +866,7 @@ export class AhciMediator {
       shadow.taskFile = null;
       // The device posts a new signature after the reset.
       shadow.owedFis = null;
+      shadow.owedRegisters = null;
     }
   }
 
@@ -1032,14 +1036,26 @@ export class AhciMediator {
   private receiveOwn(port: number, own: OwnRun, fisArea: number): void {
     const shadow = this.ports[port]!;
     const base = this.portBase(port);
-    const taskFileBefore = this.host.deviceRead(base + PORT_TFD);
-    const statusBefore = this.host.deviceRead(base + PORT_IS);
+    const before = this.portRegisters(port);
     this.host.deviceWrite(base + PORT_CMD, (this.host.deviceRead(base + PORT_CMD) | PORT_CMD_FRE) >>> 0);
-    const posted = this.host.deviceRead(base + PORT_IS) & ~statusBefore & PORT_IS_DHRS;
+    const posted = this.host.deviceRead(base + PORT_IS) & ~before[PORT_IS / 4]! & PORT_IS_DHRS;
     if (posted === 0 || (own.guestCmd & PORT_CMD_FRE) !== 0) return;
     shadow.owedFis = this.host.memory.read(fisArea + RECEIVED_FIS_RFIS, REG_D2H_FIS_SIZE);
     shadow.owedTaskFile = this.host.deviceRead(base + PORT_TFD);
-    shadow.taskFile ??= taskFileBefore;
+    shadow.taskFile ??= before[PORT_TFD / 4]!;
+    // Whatever else the FIS set (the signature register) the guest sees as it was, until delivery.
+    const after = this.portRegisters(port);
+    shadow.owedRegisters = new Map();
+    for (let i = 0; i < after.length; i++) {
+      const register = i * 4;
+      if (register === PORT_IS || register === PORT_CMD || register === PORT_TFD || after[i] === before[i]) continue;
+      shadow.owedRegisters.set(register, before[i]!);
+    }
+  }
+
+  private portRegisters(port: number): number[] {
+    const base = this.portBase(port);
+    return Array.from({ length: PORT_SIZE / 4 }, (_, i) => this.host.deviceRead(base + i * 4));
   }
 
   /** The guest turned FIS reception on: the register FIS it is owed lands now, as it would have. */
@@ -1048,6 +1064,7 @@ export class AhciMediator {
     const fis = shadow.owedFis;
     if (fis === null) return;
     shadow.owedFis = null;
+    shadow.owedRegisters = null;
     const lists = shadow.guestLists ?? this.readLists(port);
     const fisArea = lists[2] + lists[3] * 2 ** 32;
     if (this.host.isGuestRange(fisArea, RECEIVED_FIS_SIZE)) this.host.memory.write(fisArea + RECEIVED_FIS_RFIS, fis);

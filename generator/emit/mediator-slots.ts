@@ -90,6 +90,7 @@ interface Names {
   readonly prdtOffset: string;
   readonly d2hOffset: string;
   readonly d2hSize: string;
+  readonly portSize: string;
   readonly sdbOffset: string;
   readonly fisAreaSize: string;
   readonly listSize: string;
@@ -313,6 +314,7 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     prdtOffset: S(`${constName(table.name)}_${constName(tail.name)}`),
     d2hOffset: S(`${constName(fisArea)}_${constName(plainCompletion.at.member)}`),
     d2hSize: S(`${constName(d2h.name)}_SIZE`),
+    portSize: R(`${P}_SIZE`),
     sdbOffset: S(`${constName(fisArea)}_${constName(queuedCompletion.at.member)}`),
     fisAreaSize: S(`${constName(fisArea)}_SIZE`),
     listSize: S(`${constName(list.name)}_SIZE`),
@@ -522,6 +524,8 @@ class PortShadow {
    */
   owedFis: Uint8Array | null = null;
   owedTaskFile = 0;
+  /** Port registers that FIS changed (its signature register...), as the guest saw them before. */
+  owedRegisters: Map<number, number> | null = null;
   /** An emulated error stopped command processing until the guest restarts the engine. */
   stopped = false;
   /** Bumped on reset or engine stop: late answers for dropped commands are ignored. */
@@ -646,7 +650,7 @@ export class ${n.device}Mediator {
         return ((device & ~engine) | (own.guestCmd & (${n.st} | ${n.fre})) | running) >>> 0;
       }
       default:
-        return this.host.deviceRead(offset);
+        return shadow.owedRegisters?.get(register) ?? this.host.deviceRead(offset);
     }
   }
 
@@ -1173,6 +1177,7 @@ ${n.portResets
       shadow.taskFile = null;
       // The device posts a new signature after the reset.
       shadow.owedFis = null;
+      shadow.owedRegisters = null;
     }
   }
 
@@ -1342,14 +1347,26 @@ ${n.portResets
   private receiveOwn(port: number, own: OwnRun, fisArea: number): void {
     const shadow = this.ports[port]!;
     const base = this.portBase(port);
-    const taskFileBefore = this.host.deviceRead(base + ${n.tfd});
-    const statusBefore = this.host.deviceRead(base + ${n.is});
+    const before = this.portRegisters(port);
     this.host.deviceWrite(base + ${n.cmd}, (this.host.deviceRead(base + ${n.cmd}) | ${n.fre}) >>> 0);
-    const posted = this.host.deviceRead(base + ${n.is}) & ~statusBefore & ${n.completeBit};
+    const posted = this.host.deviceRead(base + ${n.is}) & ~before[${n.is} / 4]! & ${n.completeBit};
     if (posted === 0 || (own.guestCmd & ${n.fre}) !== 0) return;
     shadow.owedFis = this.host.memory.read(fisArea + ${n.d2hOffset}, ${n.d2hSize});
     shadow.owedTaskFile = this.host.deviceRead(base + ${n.tfd});
-    shadow.taskFile ??= taskFileBefore;
+    shadow.taskFile ??= before[${n.tfd} / 4]!;
+    // Whatever else the FIS set (the signature register) the guest sees as it was, until delivery.
+    const after = this.portRegisters(port);
+    shadow.owedRegisters = new Map();
+    for (let i = 0; i < after.length; i++) {
+      const register = i * 4;
+      if (register === ${n.is} || register === ${n.cmd} || register === ${n.tfd} || after[i] === before[i]) continue;
+      shadow.owedRegisters.set(register, before[i]!);
+    }
+  }
+
+  private portRegisters(port: number): number[] {
+    const base = this.portBase(port);
+    return Array.from({ length: ${n.portSize} / 4 }, (_, i) => this.host.deviceRead(base + i * 4));
   }
 
   /** The guest turned FIS reception on: the register FIS it is owed lands now, as it would have. */
@@ -1358,6 +1375,7 @@ ${n.portResets
     const fis = shadow.owedFis;
     if (fis === null) return;
     shadow.owedFis = null;
+    shadow.owedRegisters = null;
     const lists = shadow.guestLists ?? this.readLists(port);
     const fisArea = lists[2] + lists[3] * 2 ** 32;
     if (this.host.isGuestRange(fisArea, ${n.fisAreaSize})) this.host.memory.write(fisArea + ${n.d2hOffset}, fis);

@@ -834,6 +834,10 @@ describe("mediator: targeted cases", () => {
         const own = mediated ? m.mediator!.issueOwn(0, { op: "flush", lba: 0, sectors: 0 }) : null;
         await rig.clock.sleep(during ? 1 : 50);
         if (own && !during) expect((await own).ok).toBe(true);
+        const beforeFre = {
+          tfd: reg(rig, P(PORT_TFD)).toString(16),
+          sig: reg(rig, P(PORT_SIG)).toString(16),
+        };
         setReg(rig, P(PORT_IS), 0xffffffff);
         setReg(rig, P(PORT_CMD), reg(rig, P(PORT_CMD)) | FRE);
         await rig.clock.sleep(0.1);
@@ -842,12 +846,14 @@ describe("mediator: targeted cases", () => {
           tfd: reg(rig, P(PORT_TFD)).toString(16),
           sig: reg(rig, P(PORT_SIG)).toString(16),
           rfis: Buffer.from(m.memory.read(FB + 0x40, 20)).toString("hex"),
+          beforeFre,
         };
         if (own && during) expect((await own).ok).toBe(true);
         return seen;
       };
       const bare = await run(false);
       expect(bare.is).toBe("1");
+      expect(bare.beforeFre.sig, "no signature before FIS reception").toBe("ffffffff");
       expect(await run(true)).toEqual(bare);
     },
   );
