@@ -259,6 +259,33 @@ describe("medic deploy against a failing server, and a full local disk", () => {
     expect(summary.verified).toBe(true);
   }, 90_000);
 
+  it("a disk on a read-only file system: exit 1, one line saying it is not writable", async () => {
+    const mount = join(dir, "readonly");
+    await execFileAsync("mkdir", ["-p", mount]);
+    await execFileAsync("mount", ["-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", mount]).catch((error) => {
+      throw new Error(`this test mounts a read-only tmpfs and needs root (CAP_SYS_ADMIN): ${error}`);
+    });
+    try {
+      const run = await medic([
+        "deploy",
+        "--image",
+        imagePath,
+        "--disk",
+        join(mount, "disk.img"),
+        "--workload",
+        "none",
+      ]);
+      expect(run.code).toBe(1);
+      expect(run.stderr.trimEnd().split("\n")).toEqual([
+        expect.stringMatching(
+          /^medic deploy: cannot open the disk .*disk\.img for writing: .*read-only file system/,
+        ),
+      ]);
+    } finally {
+      await execFileAsync("umount", [mount]);
+    }
+  });
+
   it("a local disk that fills up: exit 1 naming the disk's error, and the bitmap marks only blocks on the disk", async () => {
     const mount = join(dir, "small");
     await execFileAsync("mkdir", ["-p", mount]);
