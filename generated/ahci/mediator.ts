@@ -79,6 +79,8 @@ export interface MediatorHost {
   /** Physical memory: guest RAM and the VMM's own. */
   readonly memory: {
     read(address: number, length: number): Uint8Array;
+    /** The bytes in place, no copy (optional): for parsing what must be checked in one step. */
+    liveView?(address: number, length: number): Uint8Array;
     write(address: number, data: Uint8Array): void;
   };
   /** True when [address, address + length) lies in RAM the guest owns (not the VMM's). */
@@ -456,11 +458,11 @@ export class AhciMediator {
       // A port halted on an emulated error runs nothing until the guest restarts its engine,
       // which drops the command.
       if (shadow.stopped) continue;
-      this.apply(port, slot, request, this.policy.interpret(request), shadow.epoch);
+      this.apply(port, slot, request, this.policy.interpret(request), shadow.epoch, true);
     }
   }
 
-  private apply(port: number, slot: number, request: GuestRequest, decision: Decision, epoch: number): void {
+  private apply(port: number, slot: number, request: GuestRequest, decision: Decision, epoch: number, checkedNow = false): void {
     const shadow = this.ports[port]!;
     const bit = (1 << slot) >>> 0;
     switch (decision.action) {
@@ -475,7 +477,7 @@ export class AhciMediator {
         ) {
           this.hold(port, slot);
         } else {
-          this.forward(port, slot, request);
+          this.forward(port, slot, request, checkedNow);
         }
         return;
       case "complete":
@@ -513,10 +515,11 @@ export class AhciMediator {
     this.ports[port]!.held.push(slot);
   }
 
-  private forward(port: number, slot: number, request: GuestRequest): void {
+  private forward(port: number, slot: number, request: GuestRequest, checkedNow = false): void {
     const shadow = this.ports[port]!;
-    // Checked again now: the guest may have rewritten its tables while the command waited.
-    if (this.decode(port, slot) === null) return;
+    // Checked again unless it was checked in this same step: the guest may have rewritten its
+    // tables while the command waited (the device reads them when the doorbell rings).
+    if (!checkedNow && this.decode(port, slot) === null) return;
     const bit = (1 << slot) >>> 0;
     const base = this.portBase(port);
     this.counters.passed++;
@@ -544,19 +547,25 @@ export class AhciMediator {
    * checking every address against the guest's memory. A pointer outside the guest's memory
    * fails the command as a host bus fatal error, and nothing outside the guest is touched.
    */
+  /** Guest memory parsed at once, in this step: a live view where the memory has one (no copy). */
+  private view(address: number, length: number): Uint8Array {
+    const memory = this.host.memory;
+    return memory.liveView ? memory.liveView(address, length) : memory.read(address, length);
+  }
+
   private decode(port: number, slot: number): GuestRequest | null {
     const lists = this.ports[port]!.guestLists ?? this.readLists(port);
     const listBase = lists[0] + lists[1] * 2 ** 32;
     const headerAddress = listBase + COMMAND_LIST_SLOT + slot * COMMAND_HEADER_SIZE;
     if (!this.guestRange(headerAddress, COMMAND_HEADER_SIZE)) return this.refuse(port, slot);
-    const header = decodeCommandHeader(this.host.memory.read(headerAddress, COMMAND_HEADER_SIZE));
+    const header = decodeCommandHeader(this.view(headerAddress, COMMAND_HEADER_SIZE));
     const tableAddress = header.CTBA + header.CTBAU * 2 ** 32;
     const entries = ((header.DW0 & COMMAND_HEADER_DW0_PRDTL) >>> COMMAND_HEADER_DW0_PRDTL_SHIFT);
     const tableBytes = COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE;
     if (tableAddress % 128 !== 0 || !this.guestRange(tableAddress, Math.max(tableBytes, COMMAND_TABLE_SIZE))) {
       return this.refuse(port, slot);
     }
-    const table = this.host.memory.read(tableAddress, Math.max(tableBytes, COMMAND_TABLE_SIZE));
+    const table = this.view(tableAddress, Math.max(tableBytes, COMMAND_TABLE_SIZE));
     const buffers: { address: number; length: number }[] = [];
     let bufferBytes = 0;
     for (let i = 0; i < entries; i++) {

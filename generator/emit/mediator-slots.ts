@@ -386,6 +386,8 @@ export interface MediatorHost {
   /** Physical memory: guest RAM and the VMM's own. */
   readonly memory: {
     read(address: number, length: number): Uint8Array;
+    /** The bytes in place, no copy (optional): for parsing what must be checked in one step. */
+    liveView?(address: number, length: number): Uint8Array;
     write(address: number, data: Uint8Array): void;
   };
   /** True when [address, address + length) lies in RAM the guest owns (not the VMM's). */
@@ -767,11 +769,11 @@ ${n.portResets
       // A port halted on an emulated error runs nothing until the guest restarts its engine,
       // which drops the command.
       if (shadow.stopped) continue;
-      this.apply(port, slot, request, this.policy.interpret(request), shadow.epoch);
+      this.apply(port, slot, request, this.policy.interpret(request), shadow.epoch, true);
     }
   }
 
-  private apply(port: number, slot: number, request: GuestRequest, decision: Decision, epoch: number): void {
+  private apply(port: number, slot: number, request: GuestRequest, decision: Decision, epoch: number, checkedNow = false): void {
     const shadow = this.ports[port]!;
     const bit = (1 << slot) >>> 0;
     switch (decision.action) {
@@ -786,7 +788,7 @@ ${n.portResets
         ) {
           this.hold(port, slot);
         } else {
-          this.forward(port, slot, request);
+          this.forward(port, slot, request, checkedNow);
         }
         return;
       case "complete":
@@ -824,10 +826,11 @@ ${n.portResets
     this.ports[port]!.held.push(slot);
   }
 
-  private forward(port: number, slot: number, request: GuestRequest): void {
+  private forward(port: number, slot: number, request: GuestRequest, checkedNow = false): void {
     const shadow = this.ports[port]!;
-    // Checked again now: the guest may have rewritten its tables while the command waited.
-    if (this.decode(port, slot) === null) return;
+    // Checked again unless it was checked in this same step: the guest may have rewritten its
+    // tables while the command waited (the device reads them when the doorbell rings).
+    if (!checkedNow && this.decode(port, slot) === null) return;
     const bit = (1 << slot) >>> 0;
     const base = this.portBase(port);
     this.counters.passed++;
@@ -855,19 +858,25 @@ ${n.portResets
    * checking every address against the guest's memory. A pointer outside the guest's memory
    * fails the command as a host bus fatal error, and nothing outside the guest is touched.
    */
+  /** Guest memory parsed at once, in this step: a live view where the memory has one (no copy). */
+  private view(address: number, length: number): Uint8Array {
+    const memory = this.host.memory;
+    return memory.liveView ? memory.liveView(address, length) : memory.read(address, length);
+  }
+
   private decode(port: number, slot: number): GuestRequest | null {
     const lists = this.ports[port]!.guestLists ?? this.readLists(port);
     const listBase = lists[0] + lists[1] * 2 ** 32;
     const headerAddress = listBase + ${n.listSlotOffset} + slot * ${n.headerSize};
     if (!this.guestRange(headerAddress, ${n.headerSize})) return this.refuse(port, slot);
-    const header = decode${n.header}(this.host.memory.read(headerAddress, ${n.headerSize}));
+    const header = decode${n.header}(this.view(headerAddress, ${n.headerSize}));
     const tableAddress = header.${hf.ctba} + ${hf.ctbau ? `header.${hf.ctbau} * 2 ** 32` : "0"};
     const entries = ${field(`header.${hf.prdtl.member}`, hf.prdtl)};
     const tableBytes = ${n.prdtOffset} + entries * ${n.prdSize};
     if (tableAddress % ${n.tableAlign} !== 0 || !this.guestRange(tableAddress, Math.max(tableBytes, ${n.tableFixedSize}))) {
       return this.refuse(port, slot);
     }
-    const table = this.host.memory.read(tableAddress, Math.max(tableBytes, ${n.tableFixedSize}));
+    const table = this.view(tableAddress, Math.max(tableBytes, ${n.tableFixedSize}));
     const buffers: { address: number; length: number }[] = [];
     let bufferBytes = 0;
     for (let i = 0; i < entries; i++) {
