@@ -142,6 +142,13 @@ export class DeploymentEngine {
   private readonly sectorsPerBlock: number;
   private readonly state: Uint8Array;
   private readonly cache = new Map<number, Uint8Array>();
+  /**
+   * Background fetches land in reusable buffers (one fetch's worth each): a buffer goes back to
+   * the pool once none of its blocks waits for its local write, so the copy makes no garbage.
+   */
+  private readonly fetchPool: ArrayBuffer[] = [];
+  /** Blocks of each pooled buffer still cached or on their way. */
+  private readonly poolUsers = new Map<ArrayBufferLike, number>();
   private readonly fetching = new Map<number, Promise<Uint8Array>>();
   private readonly landed = new Map<number, Waiter>();
   private readonly writtenSeq = new Map<number, number>();
@@ -415,8 +422,15 @@ export class DeploymentEngine {
   /** The image's data of a block: from the cache, a fetch in flight, or a new fetch. */
   private imageData(block: number, urgent: boolean): Promise<Uint8Array> {
     const cached = this.cache.get(block);
-    if (cached) return Promise.resolve(cached);
-    return this.fetching.get(block) ?? this.fetchRun(block, 1, urgent);
+    if (cached) return Promise.resolve(this.stable(cached));
+    const fetching = this.fetching.get(block);
+    if (fetching) return fetching.then((data) => this.stable(data));
+    return this.fetchRun(block, 1, urgent);
+  }
+
+  /** Data that stays valid: a copy when it lives in a pooled buffer, which is reused once written. */
+  private stable(data: Uint8Array): Uint8Array {
+    return this.poolUsers.has(data.buffer) ? data.slice() : data;
   }
 
   /**
@@ -431,7 +445,7 @@ export class DeploymentEngine {
     for (const b of blocks) this.state[b] = State.Fetching;
     this.inFlightFetches++;
     const era = this.pauses;
-    const run = this.fetchWithRetries(first, lba, sectors);
+    const run = this.fetchWithRetries(first, lba, sectors, !urgent);
     const slice = (data: Uint8Array, i: number) =>
       data.subarray(i * this.blockBytes, Math.min(data.length, (i + 1) * this.blockBytes));
     run.then(
@@ -442,7 +456,10 @@ export class DeploymentEngine {
         if (!urgent) this.stats.bytesBackground += data.length;
         for (const [i, b] of blocks.entries()) {
           this.fetching.delete(b);
-          if (this.state[b] !== State.Fetching) continue; // the guest wrote it meanwhile
+          if (this.state[b] !== State.Fetching) {
+            this.release(data); // the guest wrote it meanwhile
+            continue;
+          }
           this.state[b] = State.Cached;
           this.cache.set(b, slice(data, i));
           (this.landed.has(b) ? this.urgentQueue : this.backgroundQueue).push(b);
@@ -470,14 +487,24 @@ export class DeploymentEngine {
     return this.fetching.get(first)!;
   }
 
-  private async fetchWithRetries(first: number, lba: number, sectors: number): Promise<Uint8Array> {
+  private async fetchWithRetries(
+    first: number,
+    lba: number,
+    sectors: number,
+    pooled: boolean,
+  ): Promise<Uint8Array> {
     let lastError: unknown;
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       try {
-        const data = await this.o.image.read(lba, sectors);
+        const data = pooled ? await this.readPooled(lba, sectors) : await this.o.image.read(lba, sectors);
         if (data.length !== sectors * SECTOR_SIZE)
           throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
-        this.verify(first, data);
+        try {
+          this.verify(first, data);
+        } catch (error) {
+          this.giveBack(data.buffer);
+          throw error;
+        }
         return data;
       } catch (error) {
         lastError = error;
@@ -492,6 +519,33 @@ export class DeploymentEngine {
       lastError instanceof BlockError ? lastError.code : "io",
       { cause: lastError },
     );
+  }
+
+  /** Reads into a buffer from the pool (a fresh read when the source cannot read into one). */
+  private async readPooled(lba: number, sectors: number): Promise<Uint8Array> {
+    const image = this.o.image;
+    const size = this.o.fetchBlocks * this.blockBytes;
+    if (image.readInto === undefined || sectors * SECTOR_SIZE > size) return image.read(lba, sectors);
+    const buffer = this.fetchPool.pop() ?? new ArrayBuffer(size);
+    const data = new Uint8Array(buffer, 0, sectors * SECTOR_SIZE);
+    // A failed read's buffer is not reused: a request the source gave up on might still land in it.
+    await image.readInto(lba, sectors, data);
+    this.poolUsers.set(buffer, Math.ceil(data.length / this.blockBytes));
+    return data;
+  }
+
+  /** One block of a pooled buffer no longer needs it (written locally, or not needed at all). */
+  private release(data: Uint8Array | undefined): void {
+    if (data === undefined) return;
+    const users = this.poolUsers.get(data.buffer);
+    if (users === undefined) return;
+    if (users > 1) this.poolUsers.set(data.buffer, users - 1);
+    else this.giveBack(data.buffer);
+  }
+
+  private giveBack(buffer: ArrayBufferLike): void {
+    if (!this.poolUsers.delete(buffer)) return;
+    if (!this.devirtualized) this.fetchPool.push(buffer as ArrayBuffer);
   }
 
   private verify(first: number, data: Uint8Array): void {
@@ -592,9 +646,16 @@ export class DeploymentEngine {
           Math.floor(Math.min(this.o.device.bufferBytes(), 4 * 1024 * 1024) / this.blockBytes),
         );
         while (run.length < limit) {
-          const next = run[run.length - 1]! + 1;
+          const last = run[run.length - 1]!;
+          const next = last + 1;
           const i = queue.indexOf(next);
           if (i < 0 || this.state[next] !== State.Cached) break;
+          // A run within one fetch's buffer is written without a copy: a big enough run stops there.
+          if (
+            run.length * this.blockBytes >= ZERO_COPY_RUN_BYTES &&
+            !adjacent(this.cache.get(last)!, this.cache.get(next)!)
+          )
+            break;
           queue.splice(i, 1);
           run.push(next);
         }
@@ -619,6 +680,7 @@ export class DeploymentEngine {
         this.stats.bytesWrittenLocal += data.length;
         this.bytesSinceFlush += data.length;
         for (const b of run) {
+          this.release(this.cache.get(b));
           this.cache.delete(b);
           if (this.state[b] === State.Cached) this.markWritten(b);
         }
@@ -842,8 +904,23 @@ export class DeploymentEngine {
   }
 }
 
+/** Runs at least this long are not extended past a fetch's buffer (which would need a copy). */
+const ZERO_COPY_RUN_BYTES = 256 * 1024;
+
+/** True when `b` starts where `a` ends in the same buffer (neighbouring blocks of one fetch). */
+function adjacent(a: Uint8Array, b: Uint8Array): boolean {
+  return a.buffer === b.buffer && a.byteOffset + a.byteLength === b.byteOffset;
+}
+
+/** The parts in one array: a view when they already lie back to back in one buffer, else a copy. */
 function concat(parts: readonly Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!;
+  let contiguous = true;
+  for (let i = 1; i < parts.length && contiguous; i++) contiguous = adjacent(parts[i - 1]!, parts[i]!);
+  if (contiguous) {
+    const bytes = parts.reduce((n, p) => n + p.length, 0);
+    return new Uint8Array(parts[0]!.buffer, parts[0]!.byteOffset, bytes);
+  }
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {

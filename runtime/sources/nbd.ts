@@ -8,7 +8,7 @@
  * expected, so large payloads are never copied in user space and nothing is concatenated.
  */
 import net from "node:net";
-import { BlockError, type BlockSource, checkRange, SECTOR_SIZE } from "../block/types.ts";
+import { BlockError, type BlockSource, checkRange, checkTarget, SECTOR_SIZE } from "../block/types.ts";
 import { trackIo } from "../vmx/clock.ts";
 import {
   backoffDelay,
@@ -1161,9 +1161,7 @@ export class NbdSource implements BlockSource {
   }
 
   async read(lba: number, count: number): Promise<Uint8Array> {
-    if (this.#closed) throw new BlockError(`${this.description}: source is closed`, "closed");
-    if (this.#fatal !== null) throw this.#fatal;
-    checkRange(this.description, this.sectors, lba, count);
+    this.#checkRead(lba, count);
     if (count === 0) return new Uint8Array(0);
     const start = lba * SECTOR_SIZE;
     const end = start + count * SECTOR_SIZE;
@@ -1172,6 +1170,42 @@ export class NbdSource implements BlockSource {
     const aEnd = Math.min(this.#info.size, Math.ceil(end / align) * align);
     const raw = Buffer.allocUnsafeSlow(aEnd - aStart);
     const buffer = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+    await this.#transfer(lba, count, aStart, aEnd, buffer);
+    return aStart === start && aEnd === end ? buffer : buffer.subarray(start - aStart, end - aStart);
+  }
+
+  /**
+   * Like read(), into the caller's buffer: the replies' payloads land in it directly, with no
+   * allocation (a caller that reuses its buffers makes no garbage). A range the server's minimum
+   * block size does not align goes through read().
+   */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
+    this.#checkRead(lba, count);
+    const bytes = checkTarget(this.description, count, target, offset);
+    if (count === 0) return;
+    const start = lba * SECTOR_SIZE;
+    const end = start + bytes;
+    if (start % this.#align !== 0 || (end % this.#align !== 0 && end !== this.#info.size)) {
+      target.set(await this.read(lba, count), offset);
+      return;
+    }
+    await this.#transfer(lba, count, start, end, target.subarray(offset, offset + bytes));
+  }
+
+  #checkRead(lba: number, count: number): void {
+    if (this.#closed) throw new BlockError(`${this.description}: source is closed`, "closed");
+    if (this.#fatal !== null) throw this.#fatal;
+    checkRange(this.description, this.sectors, lba, count);
+  }
+
+  /** Reads the export's bytes [aStart, aEnd) (aligned) into `buffer`, in parts of at most the maximum request. */
+  async #transfer(
+    lba: number,
+    count: number,
+    aStart: number,
+    aEnd: number,
+    buffer: Uint8Array,
+  ): Promise<void> {
     const done = new Promise<void>((resolve, reject) => {
       const op: ReadOp = { lba, count, pending: 0, settled: false, resolve, reject };
       for (let off = aStart; off < aEnd; off += this.#maxRequest) {
@@ -1189,7 +1223,6 @@ export class NbdSource implements BlockSource {
     });
     this.#pump();
     await trackIo(this.#opts.clock, done);
-    return aStart === start && aEnd === end ? buffer : buffer.subarray(start - aStart, end - aStart);
   }
 
   close(): Promise<void> {

@@ -609,7 +609,8 @@ export class AhciController {
         }
         this.stats.bytesRead += bytes;
       } else {
-        const data = this.gather(bytes, command);
+        // As for reads: the disk takes the data from guest RAM itself when one PRD entry holds it all.
+        const data = this.directSource(command, bytes) ?? this.gather(bytes, command);
         if (data === null) return this.hostBusError(port);
         await port.disk.write(ata.lba, data);
         if (port.epoch !== epoch) return;
@@ -632,6 +633,18 @@ export class AhciController {
     const memory = this.memory;
     if (memory.liveView === undefined || command.port.disk.readInto === undefined) return null;
     if (command.regions === 0 || command.lengths[0]! < bytes) return null;
+    const address = command.addresses[0]!;
+    return memory.isPhysicalRange(address, bytes) ? memory.liveView(address, bytes) : null;
+  }
+
+  /**
+   * Where a write's data can be taken without a copy: guest RAM of the first PRD entry, when it
+   * holds all `bytes` and lies in RAM (as a DMA engine reads it, while the command runs).
+   * Otherwise null, and the data is gathered with the usual checks.
+   */
+  private directSource(command: Command, bytes: number): Uint8Array | null {
+    const memory = this.memory;
+    if (memory.liveView === undefined || command.regions === 0 || command.lengths[0]! < bytes) return null;
     const address = command.addresses[0]!;
     return memory.isPhysicalRange(address, bytes) ? memory.liveView(address, bytes) : null;
   }
