@@ -68,6 +68,8 @@ export class Machine {
       clock: this.clock,
       latencyMs: options.latencyMs ?? 0,
       onInterrupt: (level) => this.host.deviceIrq.set(level),
+      // The VMM watches the device's status: the mediator's own commands need not poll.
+      onStatus: () => this.mediator?.deviceStatus(),
     });
     const controller = this.controller;
     const device = {

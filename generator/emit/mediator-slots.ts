@@ -561,6 +561,9 @@ export class ${n.device}Mediator {
     exits: 0,
   };
   private readonly ports: PortShadow[] = Array.from({ length: ${n.P}_COUNT }, () => new PortShadow());
+  /** Whoever waits for the device's next status; and whether the VMM reports them at all. */
+  private readonly statusWaiters: (() => void)[] = [];
+  private statusReported = false;
   /** Summary bits raised by emulated completions. */
   private emulatedHostIs = 0;
   private policy: MediatorPolicy = { interpret: () => ({ action: "pass" }) };
@@ -607,6 +610,29 @@ export class ${n.device}Mediator {
   deviceInterrupt(_level: boolean): void {
     if (this.devirtualized) return;
     this.syncAll();
+  }
+
+  /**
+   * The device raised status (a command ended), whatever its interrupt line did. A VMM that can
+   * tell lets the mediator's own commands wait for this instead of polling the device.
+   */
+  deviceStatus(): void {
+    this.statusReported = true;
+    for (const wake of this.statusWaiters.splice(0)) wake();
+  }
+
+  /** Until the device's next status (or a while), when it reports them; else a short poll. */
+  private deviceEvent(attempt: number): Promise<void> {
+    if (!this.statusReported) return this.host.sleep(attempt < 4 ? 0 : Math.min(1, attempt / 100));
+    return new Promise((resolve) => {
+      this.statusWaiters.push(resolve);
+      // A safety net: a status that came between the check and now, or one never reported.
+      void this.host.sleep(10).then(() => {
+        const i = this.statusWaiters.indexOf(resolve);
+        if (i >= 0) this.statusWaiters.splice(i, 1);
+        resolve();
+      });
+    });
   }
 
   private readDword(offset: number): number {
@@ -1463,7 +1489,7 @@ ${n.portResets
       }
       const outstanding = this.host.deviceRead(base + ${n.ci}) | (queued ? this.host.deviceRead(base + ${n.sact}) : 0);
       if ((outstanding & 1) === 0) break;
-      await this.host.sleep(attempt < 4 ? 0 : Math.min(1, attempt / 100));
+      await this.deviceEvent(attempt);
     }
     return command.op === "read" ? { ok: true, data: this.host.memory.read(buffer, bytes) } : { ok: true };
   }

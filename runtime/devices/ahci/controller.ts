@@ -106,6 +106,8 @@ export interface AhciControllerOptions {
   readonly latencyMs?: number;
   /** The interrupt line (INTx); level-triggered. */
   readonly onInterrupt?: (level: boolean) => void;
+  /** Status bits were raised (a command ended), whether or not the line moved: for a VMM watching. */
+  readonly onStatus?: () => void;
   readonly model?: string;
   readonly serial?: string;
 }
@@ -252,6 +254,7 @@ export class AhciController {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   onInterrupt: (level: boolean) => void;
+  private readonly onStatus: (() => void) | undefined;
   /** Commands executed, for tests and benchmarks. */
   readonly stats = { commands: 0, errors: 0, bytesRead: 0, bytesWritten: 0 };
   /**
@@ -269,6 +272,7 @@ export class AhciController {
     this.latencyMs = options.latencyMs ?? 0;
     this.immediateStart = this.latencyMs === 0 && sleepZeroIsSetImmediate(this.clock);
     this.onInterrupt = options.onInterrupt ?? (() => {});
+    this.onStatus = options.onStatus;
     this.ports = options.disks.map((disk, i) => new PortState(i, disk, portOffset(i, 0)));
     this.identify = options.disks.map((disk, i) =>
       identifyData({
@@ -814,6 +818,7 @@ export class AhciController {
   private raise(port: PortState, bits: number): void {
     this.registers.setBits(port.base + PORT_IS, bits);
     this.updateInterrupt();
+    this.onStatus?.();
   }
 
   /** PxIS & PxIE latch IS.IPS; the line is GHC.IE && IS != 0 (AHCI 1.3.1, 5.6). */
