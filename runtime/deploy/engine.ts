@@ -689,7 +689,12 @@ export class DeploymentEngine {
     } finally {
       this.writerRunning = false;
     }
-    if (!pausedForGuest && this.urgentQueue.length + this.backgroundQueue.length > 0 && !this.failure)
+    if (
+      !pausedForGuest &&
+      !this.stopped &&
+      this.urgentQueue.length + this.backgroundQueue.length > 0 &&
+      !this.failure
+    )
       void this.writer();
   }
 

@@ -102,3 +102,29 @@ describe("streaming deployment under a replayed guest", () => {
 function sha(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
+
+describe("stopping the engine", () => {
+  it("with fetched blocks still waiting for their local write: the writer stops at once (no call after call)", async () => {
+    const { VirtualClock } = await import("../../runtime/vmx/clock.ts");
+    const { streamingSetup } = await import("./helpers.ts");
+    const clock = new VirtualClock();
+    // A slow local disk: the fetched blocks queue up in the engine's cache.
+    const s = streamingSetup({ sectors: (64 << 20) / 512, clock, blockBytes: 65536, deviceLatencyMs: 20 });
+    const engine = s.engine as unknown as { writer(): Promise<void> };
+    const writer = engine.writer.bind(engine);
+    let calls = 0;
+    engine.writer = () => {
+      calls++;
+      return writer();
+    };
+    s.engine.start();
+    await clock.sleep(50);
+    expect(s.engine.stats.bytesFetched).toBeGreaterThan(s.engine.stats.bytesWrittenLocal);
+    calls = 0;
+    s.engine.stop();
+    await clock.sleep(200);
+    // Before the fix, a stopped writer with blocks queued called itself until the stack overflowed.
+    expect(calls).toBeLessThan(10);
+    expect(s.engine.error).toBeNull();
+  });
+});
