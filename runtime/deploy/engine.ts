@@ -59,6 +59,11 @@ export interface EngineOptions {
   readonly guestQuietMs?: number;
   /** Blocks after a guest miss fetched next. */
   readonly readAhead?: number;
+  /**
+   * How long a background fetch may take (ms) before the engine sends fewer and smaller ones: on a
+   * slow link the guest's misses queue behind whatever background data is on its way.
+   */
+  readonly backgroundLatencyMs?: number;
   /** Local writes between the engine's flushes. */
   readonly flushEveryBytes?: number;
   /** Fetch attempts before a block fails. */
@@ -161,6 +166,10 @@ export class DeploymentEngine {
   private cursor = 0;
   private seq = 0;
   private inFlightFetches = 0;
+  private backgroundInFlight = 0;
+  /** The background window: fetches in flight and blocks per fetch, fitted to the link (see adapt). */
+  private windowDepth: number;
+  private windowBlocks: number;
   private writerRunning = false;
   private bytesSinceFlush = 0;
   private nextBackgroundAt = 0;
@@ -189,6 +198,7 @@ export class DeploymentEngine {
       maxCachedBytes: 64 * 1024 * 1024,
       backgroundRate: Number.POSITIVE_INFINITY,
       readAhead: 16,
+      backgroundLatencyMs: 100,
       guestQuietMs: 5,
       flushEveryBytes: 64 * 1024 * 1024,
       retries: 5,
@@ -201,6 +211,8 @@ export class DeploymentEngine {
       throw new BlockError(`block size ${this.blockBytes} is not a multiple of ${SECTOR_SIZE}`, "config");
     }
     this.sectorsPerBlock = this.blockBytes / SECTOR_SIZE;
+    this.windowDepth = this.o.fetchDepth;
+    this.windowBlocks = this.o.fetchBlocks;
     this.blocks = bitmap.blocks;
     this.state = new Uint8Array(this.blocks);
     for (let b = 0; b < this.blocks; b++) if (bitmap.has(b)) this.state[b] = State.Local;
@@ -444,6 +456,8 @@ export class DeploymentEngine {
     const sectors = Math.min(count * this.sectorsPerBlock, this.o.image.sectors - lba);
     for (const b of blocks) this.state[b] = State.Fetching;
     this.inFlightFetches++;
+    if (!urgent) this.backgroundInFlight++;
+    const sentAt = this.o.clock.now();
     const era = this.pauses;
     const run = this.fetchWithRetries(first, lba, sectors, !urgent);
     const slice = (data: Uint8Array, i: number) =>
@@ -451,6 +465,10 @@ export class DeploymentEngine {
     run.then(
       (data) => {
         this.inFlightFetches--;
+        if (!urgent) {
+          this.backgroundInFlight--;
+          this.adapt(this.o.clock.now() - sentAt);
+        }
         if (era === this.pauses) this.resume();
         this.stats.bytesFetched += data.length;
         if (!urgent) this.stats.bytesBackground += data.length;
@@ -468,6 +486,7 @@ export class DeploymentEngine {
       },
       (error: unknown) => {
         this.inFlightFetches--;
+        if (!urgent) this.backgroundInFlight--;
         for (const b of blocks) {
           this.fetching.delete(b);
           if (this.state[b] === State.Fetching) this.state[b] = State.Remote;
@@ -775,8 +794,13 @@ export class DeploymentEngine {
           continue;
         }
         // Right after a pause one fetch probes the source; the others wait for its answer.
-        const depth = this.pause ? 1 : this.o.fetchDepth;
-        if (next >= 0 && room && this.inFlightFetches < depth) {
+        const depth = this.pause ? 1 : this.windowDepth;
+        if (
+          next >= 0 &&
+          room &&
+          this.backgroundInFlight < depth &&
+          this.inFlightFetches < this.o.fetchDepth
+        ) {
           const now = this.o.clock.now();
           if (now < this.nextBackgroundAt) {
             // Rate limit: wait, then look again (the guest may have fetched that block meanwhile).
@@ -837,10 +861,27 @@ export class DeploymentEngine {
     return -1;
   }
 
+  /**
+   * Fits the background window to the link, delay-based: a fetch that took longer than the
+   * latency budget means data is queueing on the link (and a guest miss would wait behind it), so
+   * fetches get smaller, then fewer (never under two, which keep the link busy); fetches well
+   * within the budget let the window grow back to the configured size.
+   */
+  private adapt(serviceMs: number): void {
+    const budget = this.o.backgroundLatencyMs;
+    if (serviceMs > budget) {
+      if (this.windowBlocks > 1) this.windowBlocks = Math.max(1, this.windowBlocks >> 1);
+      else this.windowDepth = Math.max(2, this.windowDepth >> 1);
+    } else if (serviceMs < budget / 4) {
+      if (this.windowDepth < this.o.fetchDepth) this.windowDepth++;
+      else this.windowBlocks = Math.min(this.o.fetchBlocks, this.windowBlocks * 2);
+    }
+  }
+
   private runLength(first: number): number {
     let count = 1;
     while (
-      count < this.o.fetchBlocks &&
+      count < this.windowBlocks &&
       first + count < this.blocks &&
       this.state[first + count] === State.Remote
     )
