@@ -9,7 +9,8 @@ usage:
   medic deploy --image SRC --disk FILE [options]           stream an OS image while a guest boots
   medic manifest IMAGE [--block-size N]                   per-block SHA-256 of an image (for --manifest)
   medic guest build [--out DIR]                           build the real Linux guest (kernel, initrd, disk)
-  medic bench [--quick] [--json FILE] [--html FILE]       the paper's experiments, as ratios
+  medic bench [--quick] [--json FILE] [--html FILE] [--no-linux] [--no-fetch]
+                                                          the paper's experiments, as ratios
   medic start                                             the main job on the embedded default
   medic help                                              this text
 `;
