@@ -368,10 +368,28 @@ async function ensureI386(log: (line: string) => void): Promise<void> {
 }
 
 let updated = false;
+/**
+ * apt-get update, retried: Debian's mirrors are sometimes mid-sync and one index file fails
+ * ("File has unexpected size"). apt keeps the indexes it did get, so after the last failed try
+ * we go on and let the package lookups say what is really missing.
+ */
 async function aptUpdate(log: (line: string) => void): Promise<void> {
   if (updated) return;
-  log("guest: apt-get update");
-  await run("apt-get", ["update", "-q"], { maxBuffer: 1 << 24 });
+  const tries = 3;
+  for (let attempt = 1; attempt <= tries; attempt++) {
+    log(`guest: apt-get update${attempt > 1 ? ` (try ${attempt} of ${tries})` : ""}`);
+    try {
+      await run("apt-get", ["update", "-q"], { maxBuffer: 1 << 24 });
+      break;
+    } catch (err) {
+      const detail = String((err as { stderr?: string }).stderr ?? err)
+        .split("\n")
+        .filter((l) => l.startsWith("E:"))
+        .join("; ");
+      log(`guest: apt-get update failed: ${detail || String(err)}`);
+      if (attempt < tries) await new Promise((r) => setTimeout(r, 5000 * attempt));
+    }
+  }
   updated = true;
 }
 
