@@ -173,10 +173,24 @@ export const OWN_MAX_SECTORS = 65536;
 const DWORD = 4;
 /** Bytes one descriptor of the mediator's own commands covers. */
 const PRD_BYTES = 4 * 1024 * 1024;
+/**
+ * Own writes one run may carry: queued in slots 0.., so the device works on them side by side
+ * (one write at a time leaves the disk idle between them).
+ */
+const OWN_BATCH = 8;
+/** A port's private command list and received-FIS area (used while its own run is on, or when its lists are refused). */
+const PORT_AREA = (COMMAND_LIST_SIZE + 256 + 4095) & ~4095;
+/** One own command table with room for the largest transfer, 128-byte aligned. */
+const TABLE_STRIDE = (COMMAND_TABLE_SIZE + PRD_ENTRY_SIZE * Math.ceil((OWN_MAX_SECTORS * SECTOR) / PRD_BYTES) + 127) & ~127;
+/** Private memory layout: the ports' areas, then the own run's tables, then its data buffer. */
+const OWN_TABLES = PORT_COUNT * PORT_AREA;
+const OWN_BUFFER = (OWN_TABLES + OWN_BATCH * TABLE_STRIDE + 4095) & ~4095;
+/** The smallest private memory that fits the layout with a useful buffer. */
+const MIN_OWN_BUFFER = 64 * 1024;
 
 interface OwnRun {
-  readonly command: OwnCommand;
-  readonly resolve: (result: OwnResult) => void;
+  /** The commands of the run: one, or several writes of disjoint ranges run as queued commands. */
+  readonly batch: readonly PendingOwn[];
   readonly keep: number;
   /** Device PxIS bits already set when it started: the rest are its own and get cleared. */
   isBefore: number;
@@ -261,9 +275,11 @@ export class AhciMediator {
   private emulatedHostIs = 0;
   private policy: MediatorPolicy = { interpret: () => ({ action: "pass" }) };
   private devirtualized = false;
+  /** An own run holds the shared tables and buffer: runs take turns across ports. */
+  private ownRunning = false;
 
   constructor(private readonly host: MediatorHost) {
-    const needed = PORT_COUNT * Math.max(1, this.privateStride());
+    const needed = OWN_BUFFER + MIN_OWN_BUFFER;
     if (host.privateMemory.size < needed) {
       throw new RangeError(`the mediator needs ${needed} bytes of private memory, got ${host.privateMemory.size}`);
     }
@@ -432,8 +448,8 @@ export class AhciMediator {
     const ok = this.host.isGuestRange(list, COMMAND_LIST_SIZE) && this.host.isGuestRange(fisArea, RECEIVED_FIS_SIZE);
     if (!ok) this.counters.refusedAddresses++;
     shadow.listsRefused = !ok;
-    const privateBase = this.host.privateMemory.base + port * this.privateStride();
-    this.installLists(port, ok ? list : privateBase, ok ? fisArea : privateBase + COMMAND_LIST_SIZE);
+    const area = this.portArea(port);
+    this.installLists(port, ok ? list : area, ok ? fisArea : area + COMMAND_LIST_SIZE);
   }
 
   private listIndex(register: number): number {
@@ -971,60 +987,69 @@ export class AhciMediator {
     });
   }
 
-  /** Bytes of data one own command can carry. */
+  /** Bytes of data one own command (or one batch of them) can carry. */
   bufferBytes(): number {
-    return this.privateStride() - this.bufferOffset();
+    return Math.floor((this.host.privateMemory.size - OWN_BUFFER) / 4096) * 4096;
   }
 
-  private privateStride(): number {
-    return Math.floor(this.host.privateMemory.size / PORT_COUNT / 4096) * 4096;
-  }
-
-  /** Layout of a port's private memory: command list, received-FIS area, one command table, data. */
-  private bufferOffset(): number {
-    const tableBytes = COMMAND_TABLE_SIZE + PRD_ENTRY_SIZE * Math.ceil((OWN_MAX_SECTORS * SECTOR) / PRD_BYTES);
-    return (COMMAND_LIST_SIZE + 256 + tableBytes + 4095) & ~4095;
+  private portArea(port: number): number {
+    return this.host.privateMemory.base + port * PORT_AREA;
   }
 
   private startOwn(port: number): void {
     const shadow = this.ports[port]!;
-    if (shadow.own !== null || shadow.onDevice !== 0 || shadow.pending.length === 0) return;
+    if (this.ownRunning || shadow.own !== null || shadow.onDevice !== 0 || shadow.pending.length === 0) return;
     const urgentFirst = shadow.pending.findIndex((p) => p.urgent);
     // Background commands wait while the guest has anything going on; urgent ones only for the device.
     if (urgentFirst < 0 && this.guestBusy(shadow)) return;
-    const next = shadow.pending.splice(urgentFirst < 0 ? 0 : urgentFirst, 1)[0]!;
+    const at = urgentFirst < 0 ? 0 : urgentFirst;
+    const batch = [shadow.pending[at]!];
+    if (batch[0]!.command.op === "write" && batch[0]!.keep === undefined) {
+      // The writes queued right behind it go along, side by side, while they fit and do not
+      // overlap (the device may finish them in any order); a flush or read ends the batch.
+      let bytes = batch[0]!.command.sectors * SECTOR;
+      for (let i = at + 1; i < shadow.pending.length && batch.length < OWN_BATCH; i++) {
+        const { command, keep } = shadow.pending[i]!;
+        if (command.op !== "write" || keep !== undefined) break;
+        if (bytes + command.sectors * SECTOR > this.bufferBytes()) break;
+        if (batch.some((b) => command.lba < b.command.lba + b.command.sectors && b.command.lba < command.lba + command.sectors)) break;
+        bytes += command.sectors * SECTOR;
+        batch.push(shadow.pending[i]!);
+      }
+    }
+    shadow.pending.splice(at, batch.length);
     const base = this.portBase(port);
     const own: OwnRun = {
-      command: next.command,
-      resolve: next.resolve,
-      keep: next.keep ?? 0,
+      batch,
+      keep: batch[0]!.keep ?? 0,
       isBefore: this.host.deviceRead(base + PORT_IS),
       hostIsBefore: this.host.deviceRead(HOST_BASE + HOST_IS),
       guestCmd: this.host.deviceRead(base + PORT_CMD),
       aborted: false,
     };
     shadow.own = own;
+    this.ownRunning = true;
     void this.runOwn(port, own);
   }
 
   private async runOwn(port: number, own: OwnRun): Promise<void> {
     const shadow = this.ports[port]!;
     const base = this.portBase(port);
-    let result: OwnResult;
+    let results: OwnResult[];
     try {
       shadow.guestLists = this.readLists(port);
       const engineStopped = await this.stopEngine(port);
       if (own.aborted) throw new Error("aborted");
       if (!engineStopped) throw new Error("the port's engine did not stop");
-      const privateBase = this.host.privateMemory.base + port * this.privateStride();
-      const list = privateBase;
-      const fisArea = privateBase + COMMAND_LIST_SIZE;
+      const list = this.portArea(port);
+      const fisArea = list + COMMAND_LIST_SIZE;
       this.installLists(port, list, fisArea);
       this.receiveOwn(port, own, fisArea);
       this.host.deviceWrite(base + PORT_CMD, (this.host.deviceRead(base + PORT_CMD) | PORT_CMD_FRE | PORT_CMD_ST) >>> 0);
-      result = await this.executeOwn(port, own, privateBase);
+      results = await this.executeOwn(port, own, list);
     } catch (error) {
-      result = { ok: false, error: error instanceof Error ? error.message : String(error) };
+      const failed = { ok: false, error: error instanceof Error ? error.message : String(error) };
+      results = own.batch.map(() => failed);
     }
     // Back to the guest's lists and engine state, then the guest's held commands go first.
     try {
@@ -1053,14 +1078,19 @@ export class AhciMediator {
         shadow.guestLists = null;
         shadow.own = null;
       }
+      this.ownRunning = false;
     }
-    if (own.aborted && result.ok) result = { ok: false, error: "aborted" };
-    this.counters.ownCommands++;
-    if (result.ok) this.counters.ownBytes += own.command.sectors * SECTOR;
-    own.resolve(result);
+    for (const [i, { command, resolve }] of own.batch.entries()) {
+      const result: OwnResult = own.aborted && results[i]!.ok ? { ok: false, error: "aborted" } : results[i]!;
+      this.counters.ownCommands++;
+      if (result.ok) this.counters.ownBytes += command.sectors * SECTOR;
+      resolve(result);
+    }
     this.updateLine();
     this.release(port);
     this.maybeIdle(port);
+    // Other ports' own commands waited for the shared buffer: the next port in turn goes.
+    for (let i = 1; i < PORT_COUNT && !this.ownRunning; i++) this.startOwn((port + i) % PORT_COUNT);
   }
 
   /**
@@ -1134,53 +1164,63 @@ export class AhciMediator {
     return false;
   }
 
-  private async executeOwn(port: number, own: OwnRun, privateBase: number): Promise<OwnResult> {
-    const { command } = own;
+  /** Writes the run's commands into the private list and tables, issues them, waits for all. */
+  private async executeOwn(port: number, own: OwnRun, list: number): Promise<OwnResult[]> {
     const base = this.portBase(port);
-    const table = privateBase + COMMAND_LIST_SIZE + 256;
-    const buffer = privateBase + this.bufferOffset();
-    const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
-    const queued = own.keep === PORT_IS_SDBS;
-    const name = queued ? "READ_FPDMA_QUEUED" : command.op === "read" ? "READ_DMA_EXT" : command.op === "write" ? "WRITE_DMA_EXT" : "FLUSH_CACHE";
-    const fis = encodeAtaCommand(name, { lba: command.lba, sectors: command.sectors, tag: 0 });
-    const tableBytes = new Uint8Array(COMMAND_TABLE_SIZE + PRD_ENTRY_SIZE * Math.ceil(bytes / (PRD_BYTES)));
-    tableBytes.set(encodeRegH2DFis(fis), COMMAND_TABLE_CFIS);
-    let entries = 0;
-    for (let at = 0; at < bytes; at += PRD_BYTES, entries++) {
-      const entry = emptyPrdEntry();
-      const address = buffer + at;
-      entry.DBA = address % 2 ** 32;
-      entry.DBAU = Math.floor(address / 2 ** 32);
-      const length = Math.min(PRD_BYTES, bytes - at);
-      entry.DW3 = (entry.DW3 & ~PRD_ENTRY_DW3_DBC) | (((length - 1) << PRD_ENTRY_DW3_DBC_SHIFT) & PRD_ENTRY_DW3_DBC);
-      encodePrdEntry(entry, tableBytes, COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE);
+    const tables = this.host.privateMemory.base + OWN_TABLES;
+    const queued = own.keep === PORT_IS_SDBS || own.batch.length > 1;
+    let buffer = this.host.privateMemory.base + OWN_BUFFER;
+    const buffers: number[] = [];
+    let mask = 0;
+    for (const [slot, { command }] of own.batch.entries()) {
+      const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
+      const table = tables + slot * TABLE_STRIDE;
+      const name = command.op === "read" ? (queued ? "READ_FPDMA_QUEUED" : "READ_DMA_EXT") : command.op === "write" ? (queued ? "WRITE_FPDMA_QUEUED" : "WRITE_DMA_EXT") : "FLUSH_CACHE";
+      const fis = encodeAtaCommand(name, { lba: command.lba, sectors: command.sectors, tag: slot });
+      const tableBytes = new Uint8Array(COMMAND_TABLE_SIZE + PRD_ENTRY_SIZE * Math.ceil(bytes / (PRD_BYTES)));
+      tableBytes.set(encodeRegH2DFis(fis), COMMAND_TABLE_CFIS);
+      let entries = 0;
+      for (let at = 0; at < bytes; at += PRD_BYTES, entries++) {
+        const entry = emptyPrdEntry();
+        const address = buffer + at;
+        entry.DBA = address % 2 ** 32;
+        entry.DBAU = Math.floor(address / 2 ** 32);
+        const length = Math.min(PRD_BYTES, bytes - at);
+        entry.DW3 = (entry.DW3 & ~PRD_ENTRY_DW3_DBC) | (((length - 1) << PRD_ENTRY_DW3_DBC_SHIFT) & PRD_ENTRY_DW3_DBC);
+        encodePrdEntry(entry, tableBytes, COMMAND_TABLE_PRDT + entries * PRD_ENTRY_SIZE);
+      }
+      if (command.op === "write") {
+        if (!command.data || command.data.length !== bytes) return own.batch.map(() => ({ ok: false, error: "write data does not match its sectors" }));
+        this.host.memory.write(buffer, command.data);
+      }
+      this.host.memory.write(table, tableBytes);
+      const header = emptyCommandHeader();
+      header.DW0 = (header.DW0 & ~COMMAND_HEADER_DW0_CFL) | ((5 << COMMAND_HEADER_DW0_CFL_SHIFT) & COMMAND_HEADER_DW0_CFL);
+      if (command.op === "write") header.DW0 |= COMMAND_HEADER_DW0_W;
+      header.DW0 = (header.DW0 & ~COMMAND_HEADER_DW0_PRDTL) | ((entries << COMMAND_HEADER_DW0_PRDTL_SHIFT) & COMMAND_HEADER_DW0_PRDTL);
+      header.CTBA = table % 2 ** 32;
+      header.CTBAU = Math.floor(table / 2 ** 32);
+      this.host.memory.write(list + COMMAND_LIST_SLOT + slot * COMMAND_HEADER_SIZE, encodeCommandHeader(header));
+      buffers.push(buffer);
+      buffer += (bytes + 4095) & ~4095;
+      mask |= 1 << slot;
     }
-    if (command.op === "write") {
-      if (!command.data || command.data.length !== bytes) return { ok: false, error: "write data does not match its sectors" };
-      this.host.memory.write(buffer, command.data);
-    }
-    this.host.memory.write(table, tableBytes);
-    const header = emptyCommandHeader();
-    header.DW0 = (header.DW0 & ~COMMAND_HEADER_DW0_CFL) | ((5 << COMMAND_HEADER_DW0_CFL_SHIFT) & COMMAND_HEADER_DW0_CFL);
-    if (command.op === "write") header.DW0 |= COMMAND_HEADER_DW0_W;
-    header.DW0 = (header.DW0 & ~COMMAND_HEADER_DW0_PRDTL) | ((entries << COMMAND_HEADER_DW0_PRDTL_SHIFT) & COMMAND_HEADER_DW0_PRDTL);
-    header.CTBA = table % 2 ** 32;
-    header.CTBAU = Math.floor(table / 2 ** 32);
-    this.host.memory.write(privateBase + COMMAND_LIST_SLOT, encodeCommandHeader(header));
-    if (queued) this.host.deviceWrite(base + PORT_SACT, 1);
-    this.host.deviceWrite(base + PORT_CI, 1);
+    if (queued) this.host.deviceWrite(base + PORT_SACT, mask);
+    this.host.deviceWrite(base + PORT_CI, mask);
     for (let attempt = 0; ; attempt++) {
-      if (own.aborted) return { ok: false, error: "aborted" };
+      if (own.aborted) return own.batch.map(() => ({ ok: false, error: "aborted" }));
       const status = this.host.deviceRead(base + PORT_IS);
       if ((status & PORT_IS_TFES) !== 0 && (own.isBefore & PORT_IS_TFES) === 0) {
         const taskFile = this.host.deviceRead(base + PORT_TFD);
-        return { ok: false, error: `device error, task file 0x${taskFile.toString(16)}` };
+        return own.batch.map(() => ({ ok: false, error: `device error, task file 0x${taskFile.toString(16)}` }));
       }
       const outstanding = this.host.deviceRead(base + PORT_CI) | (queued ? this.host.deviceRead(base + PORT_SACT) : 0);
-      if ((outstanding & 1) === 0) break;
+      if ((outstanding & mask) === 0) break;
       await this.deviceEvent(attempt);
     }
-    return command.op === "read" ? { ok: true, data: this.host.memory.read(buffer, bytes) } : { ok: true };
+    return own.batch.map(({ command }, slot) =>
+      command.op === "read" ? { ok: true, data: this.host.memory.read(buffers[slot]!, command.sectors * SECTOR) } : { ok: true },
+    );
   }
 
   /**

@@ -66,6 +66,11 @@ export interface EngineOptions {
   readonly backgroundLatencyMs?: number;
   /** Local writes between the engine's flushes. */
   readonly flushEveryBytes?: number;
+  /**
+   * The engine's own local writes in flight at once (the device works on them side by side; one
+   * at a time leaves it idle between them).
+   */
+  readonly writeDepth?: number;
   /** Fetch attempts before a block fails. */
   readonly retries?: number;
   /**
@@ -171,6 +176,8 @@ export class DeploymentEngine {
   private windowDepth: number;
   private windowBlocks: number;
   private writerRunning = false;
+  /** The engine's own writes on their way to the device, settling when they are accounted for. */
+  private readonly writesInFlight = new Set<Promise<void>>();
   private bytesSinceFlush = 0;
   private nextBackgroundAt = 0;
   /** When the guest last issued a command: the background copy waits for a quiet moment. */
@@ -201,6 +208,7 @@ export class DeploymentEngine {
       backgroundLatencyMs: 100,
       guestQuietMs: 5,
       flushEveryBytes: 64 * 1024 * 1024,
+      writeDepth: 4,
       retries: 5,
       pauseMs: 1000,
       ...definedOnly(options),
@@ -630,7 +638,10 @@ export class DeploymentEngine {
     }
   }
 
-  /** Writes cached blocks with the mediator's own commands, coalescing neighbours. */
+  /**
+   * Writes cached blocks with the mediator's own commands, coalescing neighbours, with up to
+   * `writeDepth` writes in flight.
+   */
   private async writer(): Promise<void> {
     if (this.writerRunning) return;
     this.writerRunning = true;
@@ -651,11 +662,17 @@ export class DeploymentEngine {
           pausedForGuest = true;
           break;
         }
+        if (this.writesInFlight.size >= this.o.writeDepth) {
+          await Promise.race(this.writesInFlight);
+          continue;
+        }
         const queue = urgent ? this.urgentQueue : this.backgroundQueue;
         const first = queue.shift();
         if (first === undefined) {
-          // Flush when the copy pauses (nothing more on its way), not after every burst.
-          if (this.bytesSinceFlush > 0 && this.inFlightFetches === 0) await this.ownFlush();
+          // Flush when the copy pauses (nothing more on its way), not after every burst; the
+          // last write in flight comes back here when it is done.
+          if (this.bytesSinceFlush > 0 && this.inFlightFetches === 0 && this.writesInFlight.size === 0)
+            await this.ownFlush();
           break;
         }
         if (this.state[first] !== State.Cached) continue;
@@ -678,31 +695,13 @@ export class DeploymentEngine {
           queue.splice(i, 1);
           run.push(next);
         }
-        const data = concat(run.map((b) => this.cache.get(b)!));
-        const lba = first * this.sectorsPerBlock;
-        const result = await this.o.device.issueOwn(
-          this.o.port,
-          { op: "write", lba, sectors: data.length / SECTOR_SIZE, data },
-          urgent,
-        );
-        this.stats.ownWrites++;
-        if (!result.ok) {
-          if (result.error === "aborted") {
-            // The guest reset or stopped the port under us: try again shortly.
-            for (const b of run) queue.unshift(b);
-            await this.o.clock.sleep(1);
-            continue;
-          }
-          this.fail(new BlockError(`local disk write at sector ${lba} failed: ${result.error}`, "io"));
-          break;
-        }
-        this.stats.bytesWrittenLocal += data.length;
-        this.bytesSinceFlush += data.length;
-        for (const b of run) {
-          this.release(this.cache.get(b));
-          this.cache.delete(b);
-          if (this.state[b] === State.Cached) this.markWritten(b);
-        }
+        // The run's blocks stay Cached until their write is done (out of the queues meanwhile).
+        const write = this.writeRun(run, queue, urgent);
+        this.writesInFlight.add(write);
+        void write.finally(() => {
+          this.writesInFlight.delete(write);
+          this.kick();
+        });
         if (this.bytesSinceFlush >= this.o.flushEveryBytes) await this.ownFlush();
       }
     } finally {
@@ -712,9 +711,39 @@ export class DeploymentEngine {
       !pausedForGuest &&
       !this.stopped &&
       this.urgentQueue.length + this.backgroundQueue.length > 0 &&
+      this.writesInFlight.size < this.o.writeDepth &&
       !this.failure
     )
       void this.writer();
+  }
+
+  /** One own write of the consecutive blocks `run`; never rejects. */
+  private async writeRun(run: readonly number[], queue: number[], urgent: boolean): Promise<void> {
+    const data = concat(run.map((b) => this.cache.get(b)!));
+    const lba = run[0]! * this.sectorsPerBlock;
+    const result = await this.o.device.issueOwn(
+      this.o.port,
+      { op: "write", lba, sectors: data.length / SECTOR_SIZE, data },
+      urgent,
+    );
+    this.stats.ownWrites++;
+    if (!result.ok) {
+      if (result.error === "aborted") {
+        // The guest reset or stopped the port under us: try again shortly.
+        queue.unshift(...run.filter((b) => this.state[b] === State.Cached));
+        await this.o.clock.sleep(1);
+        return;
+      }
+      this.fail(new BlockError(`local disk write at sector ${lba} failed: ${result.error}`, "io"));
+      return;
+    }
+    this.stats.bytesWrittenLocal += data.length;
+    this.bytesSinceFlush += data.length;
+    for (const b of run) {
+      this.release(this.cache.get(b));
+      this.cache.delete(b);
+      if (this.state[b] === State.Cached) this.markWritten(b);
+    }
   }
 
   private async ownFlush(): Promise<void> {

@@ -674,10 +674,15 @@ function retarget(rig: Rig, slot: number, address: number, table = CHECK_TABLE +
 }
 
 /** Guards only the VMM memory of ports 1..31 (port 0's private area is the mediator's working area). */
+/**
+ * Guards the private areas of ports 1..31 only: the generated mediator's layout gives each port
+ * 4 KiB (command list and received-FIS area) at the start of VMM memory, then the own run's
+ * shared tables and buffer, which port 0's own commands use.
+ */
 function guardUnusedPorts(rig: Rig): Rig {
   const vmm = ram(rig.machine).vmmRegion!;
-  const stride = Math.floor(vmm.length / 32 / 4096) * 4096;
-  return { ...rig, guarded: { base: vmm.base + stride, length: vmm.length - stride } };
+  const portArea = 4096;
+  return { ...rig, guarded: { base: vmm.base + portArea, length: 31 * portArea } };
 }
 
 describe("mediator: targeted cases", () => {
