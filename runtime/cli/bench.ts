@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { CliError } from "./errors.ts";
 
-const USAGE = "usage: medic bench [--quick] [--json FILE] [--html FILE] [--no-linux] [--no-fetch]";
+export const USAGE = "usage: medic bench [--quick] [--json FILE] [--html FILE] [--no-linux] [--no-fetch]";
 
 /**
  * `medic bench [--quick] [--json FILE] [--html FILE] [--no-linux]` (= `npm run bench`).

@@ -9,7 +9,7 @@ import { RealClock } from "../vmx/clock.ts";
 import { CliError } from "./errors.ts";
 import { formatBytes, formatMs, progressPrinter } from "./progress.ts";
 
-const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload boot|none|TRACE] [--link-mbps N]
+export const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload boot|none|TRACE] [--link-mbps N]
                     [--latency-ms N] [--block-size N] [--background-mbps N] [--manifest FILE]
                     [--flush-every-mib N] [--retries N] [--give-up-after S] [--allow-larger-disk]
                     [--verify] [--json]

@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { CliError } from "./errors.ts";
 
-const USAGE = `usage: medic guest build [--out DIR] [--force] [--disk-mib N] [--filler-mib N]
+export const USAGE = `usage: medic guest build [--out DIR] [--force] [--disk-mib N] [--filler-mib N]
   Builds the real Linux guest from Debian's i386 packages (needs apt, dpkg-deb, e2fsprogs; as root):
   DIR/vmlinuz (linux-image-686, unmodified), DIR/initrd.img, DIR/disk.img (MBR + ext4 root),
   DIR/manifest.json. Default DIR: .cache/guest. Cached: nothing is redone while the inputs are unchanged.`;

@@ -33,9 +33,33 @@ const commands: Record<string, Command> = {
   },
 };
 
+/** Commands with more options than the overview shows: their modules' own usage text. */
+const detailedUsage: Record<string, () => Promise<string>> = {
+  deploy: async () => (await import("./deploy.ts")).USAGE,
+  bench: async () => (await import("./bench.ts")).USAGE,
+  guest: async () => (await import("./guest.ts")).USAGE,
+};
+
+const isHelp = (arg: string) => arg === "--help" || arg === "-h";
+
+/** `medic COMMAND --help`: the command's usage on stdout. */
+async function commandHelp(name: string): Promise<string> {
+  const detailed = detailedUsage[name];
+  if (detailed) return `${await detailed()}\n`;
+  const lines = USAGE.split("\n").filter(
+    (line) => line.startsWith(`  medic ${name} `) || line === `  medic ${name}`,
+  );
+  return `usage:\n${lines.join("\n")}\n`;
+}
+
 /** Runs one CLI invocation and returns its exit code; errors become messages, never stack traces. */
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
+  if (name !== undefined && isHelp(name)) return commands.help!([]);
+  if (name !== undefined && commands[name] !== undefined && rest.some(isHelp)) {
+    process.stdout.write(await commandHelp(name));
+    return 0;
+  }
   const command = name === undefined ? undefined : commands[name];
   if (command === undefined) {
     process.stderr.write(name === undefined ? USAGE : `medic: unknown command '${name}'\n\n${USAGE}`);

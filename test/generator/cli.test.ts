@@ -223,4 +223,22 @@ describe.concurrent("medic check", () => {
     },
     SLOW,
   );
+
+  it(
+    "--help: the overview, or a command's own usage, on stdout with exit 0",
+    async () => {
+      const overview = await medic("--help");
+      expect(overview.code).toBe(0);
+      expect(overview.stdout).toContain("medic deploy --image SRC");
+      const deploy = await medic("deploy", "--help");
+      expect(deploy.code).toBe(0);
+      // The deploy module's own text, which lists options the overview leaves out.
+      expect(deploy.stdout).toContain("--give-up-after S");
+      const replay = await medic("replay", "-h");
+      expect(replay.code).toBe(0);
+      expect(replay.stdout).toContain("medic replay TRACE...");
+      expect(replay.stdout).not.toContain("medic deploy");
+    },
+    SLOW,
+  );
 });
