@@ -123,12 +123,29 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
 }
 
 /** The recorded boot on a bare machine whose disk already holds the image: the baseline boot time. */
-export async function bareBootMs(clock: Clock, imageSectors: number, thinkTimeScale = 1): Promise<number> {
+export function bareBootMs(clock: Clock, imageSectors: number, thinkTimeScale = 1): Promise<number> {
+  return localBootMs(clock, imageSectors, thinkTimeScale, false);
+}
+
+/**
+ * The recorded boot with the generated mediator trapping every register access and passing every
+ * command on, the image already local: what mediation alone costs the boot.
+ */
+export function passthroughBootMs(clock: Clock, imageSectors: number, thinkTimeScale = 1): Promise<number> {
+  return localBootMs(clock, imageSectors, thinkTimeScale, true);
+}
+
+async function localBootMs(
+  clock: Clock,
+  imageSectors: number,
+  thinkTimeScale: number,
+  mediated: boolean,
+): Promise<number> {
   const run = async () => {
     const disk = new OverlayBackend(new PatternSource(imageSectors, "zero"));
-    const machine = new Machine({ disks: [disk], clock });
-    // No VMM at all: a bare Machine's host would still take every device interrupt as an exit.
-    machine.host.turnOff();
+    const machine = new Machine({ disks: [disk], clock, mediated });
+    // Bare: no VMM at all (a bare Machine's host would still take every device interrupt as an exit).
+    if (!mediated) machine.host.turnOff();
     const start = clock.now();
     await bootWorkload({ thinkTimeScale }).run({
       machine,
@@ -137,7 +154,9 @@ export async function bareBootMs(clock: Clock, imageSectors: number, thinkTimeSc
       finish: async () => {},
       close: async () => {},
     });
-    return clock.now() - start;
+    const ms = clock.now() - start;
+    await machine.controller.idle();
+    return ms;
   };
   return clock instanceof VirtualClock ? clock.run(run) : run();
 }
