@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { type Clock, trackIo } from "../vmx/clock.ts";
 import { checkSectorCount, checkSectorData, closedError } from "./guards.ts";
+import { dropPages } from "./page-cache.ts";
 import { type BlockBackend, BlockError, checkRange, checkTarget, SECTOR_SIZE } from "./types.ts";
 
 export interface FileBackendOptions {
@@ -21,7 +22,10 @@ export interface FileBackendOptions {
    * After this many bytes written since the last sync began, a datasync starts in the background
    * (nobody waits for it), as a disk drains its write cache while it works: dirty pages never pile
    * up (which here makes buffered writes several times slower) and a flush finds little left to
-   * write. 0 turns it off. Default 8 MiB.
+   * write. Pages written back are then dropped from the page cache when the native helper is
+   * built (native/page_cache.c), as nbdcopy does: a deployment writes the whole image once, and
+   * keeping it cached only takes fresh memory (which on some VMs costs more to touch than the copy).
+   * 0 turns both off. Default 8 MiB.
    */
   writebackBytes?: number;
 }
@@ -35,8 +39,10 @@ export class FileBackend implements BlockBackend {
   readonly #inFlight = new Set<Promise<unknown>>();
   readonly #writebackBytes: number;
   #closing: Promise<void> | undefined;
-  /** Bytes written since the last datasync (background or flush) began. */
+  /** Bytes written since the last datasync (background or flush) began, and their byte range. */
   #unsynced = 0;
+  #dirtyStart = Number.POSITIVE_INFINITY;
+  #dirtyEnd = 0;
   #writeback: Promise<void> | null = null;
   /** A background datasync failed: the next flush reports it (the kernel reports it only once). */
   #writebackError: unknown = null;
@@ -99,6 +105,8 @@ export class FileBackend implements BlockBackend {
     checkRange(this.description, this.sectors, lba, count);
     await this.#run(this.#writeFully(data, lba * SECTOR_SIZE));
     this.#unsynced += data.length;
+    this.#dirtyStart = Math.min(this.#dirtyStart, lba * SECTOR_SIZE);
+    this.#dirtyEnd = Math.max(this.#dirtyEnd, lba * SECTOR_SIZE + data.length);
     if (this.#writebackBytes > 0 && this.#unsynced >= this.#writebackBytes && this.#writeback === null) {
       this.#startWriteback();
     }
@@ -114,17 +122,23 @@ export class FileBackend implements BlockBackend {
     const failed = this.#writebackError;
     this.#writebackError = null;
     if (failed !== null) throw ioError(this.description, "flush (background write-back)", failed);
-    this.#unsynced = 0;
+    const range = this.#takeDirtyRange();
     await this.#run(
       this.#handle.datasync().catch((error: unknown) => {
         throw ioError(this.description, "flush", error);
       }),
     );
+    if (this.#writebackBytes > 0) await this.#run(this.#dropPages(range));
   }
 
   #startWriteback(): void {
-    this.#unsynced = 0;
-    const sync = this.#run(this.#handle.datasync()).then(
+    const range = this.#takeDirtyRange();
+    // One operation, so that close() waits for the drop too (the descriptor must stay open).
+    const writeBack = async () => {
+      await this.#handle.datasync();
+      await this.#dropPages(range);
+    };
+    const sync = this.#run(writeBack()).then(
       () => {},
       (error: unknown) => {
         this.#writebackError ??= error;
@@ -133,6 +147,21 @@ export class FileBackend implements BlockBackend {
     this.#writeback = sync.finally(() => {
       this.#writeback = null;
     });
+  }
+
+  /** What has been written since the last sync began; the next sync starts from nothing. */
+  #takeDirtyRange(): { start: number; end: number } {
+    const range = { start: this.#dirtyStart, end: this.#dirtyEnd };
+    this.#unsynced = 0;
+    this.#dirtyStart = Number.POSITIVE_INFINITY;
+    this.#dirtyEnd = 0;
+    return range;
+  }
+
+  /** Drops the range's pages, now clean, from the page cache (advice: a failure changes nothing). */
+  async #dropPages(range: { start: number; end: number }): Promise<void> {
+    if (dropPages === null || range.end <= range.start) return;
+    await dropPages(this.#handle.fd, range.start, range.end - range.start).catch(() => {});
   }
 
   /** Waits for in-flight requests (so none sees a closed handle mid-loop), then closes. */

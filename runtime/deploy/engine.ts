@@ -208,7 +208,7 @@ export class DeploymentEngine {
       backgroundLatencyMs: 100,
       guestQuietMs: 5,
       flushEveryBytes: 64 * 1024 * 1024,
-      writeDepth: 4,
+      writeDepth: 8,
       retries: 5,
       pauseMs: 1000,
       ...definedOnly(options),
@@ -799,7 +799,8 @@ export class DeploymentEngine {
     const wakers = [...this.wakers];
     this.wakers.clear();
     for (const wake of wakers) wake();
-    if (this.urgentQueue.length + this.backgroundQueue.length > 0) void this.writer();
+    // A stopped engine writes nothing more (each of its writes still in flight ends here).
+    if (!this.stopped && this.urgentQueue.length + this.backgroundQueue.length > 0) void this.writer();
   }
 
   private async backgroundLoop(): Promise<void> {

@@ -68,8 +68,8 @@ const IS_ERRORS = (IS_TFES | IS_HBFS | IS_HBDS | IS_IFS) >>> 0;
 interface Rig {
   readonly machine: Machine;
   readonly clock: VirtualClock;
-  /** Byte range of VMM memory that nothing may change (all of it, or what the mediator never uses). */
-  readonly guarded: { readonly base: number; readonly length: number };
+  /** Byte ranges of VMM memory that nothing may change (all of it, or what the mediator never uses). */
+  readonly guarded: readonly { readonly base: number; readonly length: number }[];
   readonly streaming: StreamingSetup | null;
   readDisk(lba: number, count: number): Promise<Uint8Array>;
 }
@@ -90,7 +90,7 @@ function passthroughRig(latencyMs = 0): Rig {
   return {
     machine,
     clock,
-    guarded: { base: vmm.base, length: vmm.length },
+    guarded: [{ base: vmm.base, length: vmm.length }],
     streaming: null,
     readDisk: (lba, count) => disk.read(lba, count),
   };
@@ -108,14 +108,20 @@ function streamingRig(): Rig {
     latencyMs: 1,
   });
   const vmm = ram(s.machine).vmmRegion!;
-  // Port 0's private area is the mediator's own (lists, table, buffer); the other ports' are unused.
-  const stride = Math.floor(vmm.length / 32 / 4096) * 4096;
+  // The mediator works in port 0's area, the shared tables and the start of the own buffer (the
+  // rest of VMM memory): a batch of own writes carries at most the whole 2 MiB image (each command
+  // rounded up to 4 KiB). Unused: the other ports' areas and the buffer beyond that.
+  const bufferStart = vmm.base + vmm.length - s.machine.mediator!.bufferBytes();
+  const bufferUsed = DISK_SECTORS * 512 + 64 * 1024;
   fillNoise(s.machine, vmm.base, vmm.length);
   s.engine.start();
   return {
     machine: s.machine,
     clock,
-    guarded: { base: vmm.base + stride, length: vmm.length - stride },
+    guarded: [
+      unusedPortAreas(vmm.base),
+      { base: bufferStart + bufferUsed, length: vmm.base + vmm.length - bufferStart - bufferUsed },
+    ],
     streaming: s,
     readDisk: (lba, count) => s.engine.readAsGuest(lba, count, (l, c) => s.local.read(l, c)),
   };
@@ -139,18 +145,27 @@ function fillNoise(machine: Machine, base: number, length: number): void {
   }
 }
 
-function snapshot(rig: Rig): Uint8Array {
-  return ram(rig.machine).bytes.slice(rig.guarded.base, rig.guarded.base + rig.guarded.length);
+function guardedBytes(rig: Rig): Uint8Array[] {
+  const bytes = ram(rig.machine).bytes;
+  return rig.guarded.map(({ base, length }) => bytes.subarray(base, base + length));
 }
 
-function firstChange(rig: Rig, before: Uint8Array): string | null {
-  const now = ram(rig.machine).bytes.subarray(rig.guarded.base, rig.guarded.base + rig.guarded.length);
-  if (Buffer.compare(now, before) === 0) return null;
-  let i = 0;
-  while (now[i] === before[i]) i++;
-  let changed = 0;
-  for (let j = i; j < now.length; j++) if (now[j] !== before[j]) changed++;
-  return `VMM memory changed: ${changed} bytes from 0x${(rig.guarded.base + i).toString(16)}`;
+function snapshot(rig: Rig): Uint8Array[] {
+  return guardedBytes(rig).map((range) => range.slice());
+}
+
+function firstChange(rig: Rig, before: readonly Uint8Array[]): string | null {
+  const now = guardedBytes(rig);
+  for (const [r, range] of now.entries()) {
+    const then = before[r]!;
+    if (Buffer.compare(range, then) === 0) continue;
+    let i = 0;
+    while (range[i] === then[i]) i++;
+    let changed = 0;
+    for (let j = i; j < range.length; j++) if (range[j] !== then[j]) changed++;
+    return `VMM memory changed: ${changed} bytes from 0x${(rig.guarded[r]!.base + i).toString(16)}`;
+  }
+  return null;
 }
 
 const reg = (rig: Rig, offset: number) => rig.machine.mmioRead(rig.machine.abar + offset, 4) >>> 0;
@@ -673,16 +688,19 @@ function retarget(rig: Rig, slot: number, address: number, table = CHECK_TABLE +
   rig.machine.memory.write(table + 0x80, entry);
 }
 
-/** Guards only the VMM memory of ports 1..31 (port 0's private area is the mediator's working area). */
 /**
- * Guards the private areas of ports 1..31 only: the generated mediator's layout gives each port
- * 4 KiB (command list and received-FIS area) at the start of VMM memory, then the own run's
- * shared tables and buffer, which port 0's own commands use.
+ * The private areas of ports 1..31: the generated mediator's layout gives each port 4 KiB
+ * (command list and received-FIS area) at the start of VMM memory, then the own runs' shared
+ * tables and buffer, which port 0's own commands use.
  */
-function guardUnusedPorts(rig: Rig): Rig {
-  const vmm = ram(rig.machine).vmmRegion!;
+function unusedPortAreas(vmmBase: number): { base: number; length: number } {
   const portArea = 4096;
-  return { ...rig, guarded: { base: vmm.base + portArea, length: 31 * portArea } };
+  return { base: vmmBase + portArea, length: 31 * portArea };
+}
+
+/** Guards only the private areas of ports 1..31. */
+function guardUnusedPorts(rig: Rig): Rig {
+  return { ...rig, guarded: [unusedPortAreas(ram(rig.machine).vmmRegion!.base)] };
 }
 
 describe("mediator: targeted cases", () => {
@@ -739,7 +757,7 @@ describe("mediator: targeted cases", () => {
     validRead(rig, 0, 100, CHECK_BUFFER);
     setReg(rig, P(PORT_CI), 1);
     expect(mediator.counters.held).toBe(1);
-    retarget(rig, 0, rig.guarded.base + 0x3000); // port 3's private area: never the mediator's
+    retarget(rig, 0, rig.guarded[0]!.base + 0x2000); // port 3's private area: never the mediator's
     expect((await own).ok).toBe(true);
     await rig.clock.sleep(20);
     expect(firstChange(rig, before)).toBeNull();
@@ -947,7 +965,7 @@ describe("mediator: targeted cases", () => {
     const rig: Rig = {
       machine: s.machine,
       clock,
-      guarded: { base: 0, length: 0 },
+      guarded: [],
       streaming: s,
       readDisk: (lba, count) => s.engine.readAsGuest(lba, count, (l, c) => s.local.read(l, c)),
     };
