@@ -7,18 +7,15 @@
  * The image is served over HTTP by this test, so the bytes every run fetched (killed ones too)
  * are counted at the server. Set KILL_SEED to replay other kill moments.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdir, mkdtemp, open, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mulberry32 } from "../../runtime/guest/workloads.ts";
+import { runMedic, startMedic } from "../medic-cli.ts";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const MEDIC = join(ROOT, "bin/medic.mjs");
 const MiB = 1024 * 1024;
 /**
  * The engine makes blocks durable (flush, then bitmap) every 64 MiB of local writes while the copy
@@ -100,37 +97,8 @@ async function serveImage(data: Buffer): Promise<ImageServer> {
 
 // ---- running medic -------------------------------------------------------------------------------------
 
-interface Run {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function start(args: readonly string[]): { child: ChildProcess; done: Promise<Run> } {
-  const child = spawn(process.execPath, [MEDIC, ...args], {
-    cwd: ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, MEDIC_DEBUG: "" },
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout!.on("data", (d: Buffer) => {
-    stdout += d.toString();
-  });
-  child.stderr!.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const done = new Promise<Run>((resolve, reject) => {
-    child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-  return { child, done };
-}
-
-function medic(args: readonly string[]): Promise<Run> {
-  return start(args).done;
-}
+const start = startMedic;
+const medic = (args: readonly string[]) => runMedic(args);
 
 // ---- the bitmap file (runtime/deploy/bitmap.ts) ---------------------------------------------------------
 

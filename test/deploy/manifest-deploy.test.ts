@@ -4,14 +4,12 @@
  * line and never marks that block local. And an image smaller than the local disk is refused
  * unless --allow-larger-disk says to keep the disk's tail.
  */
-import { spawn } from "node:child_process";
 import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runMedic } from "../medic-cli.ts";
 import { makeRandomImage, makeTempDir, NbdkitServer, removeDir } from "../sources/servers.ts";
 
-const MEDIC = fileURLToPath(new URL("../../bin/medic.mjs", import.meta.url));
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 8 * MiB;
 const BLOCK = 64 * 1024;
@@ -38,27 +36,7 @@ afterAll(async () => {
   await removeDir(dir);
 });
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function medic(args: string[]): Promise<CliRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MEDIC, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const medic = (args: readonly string[]) => runMedic(args);
 
 /** The blocks the bitmap beside `disk` marks local. */
 async function markedBlocks(disk: string): Promise<Set<number>> {

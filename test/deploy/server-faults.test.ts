@@ -4,21 +4,19 @@
  * pending read fails as a disk read error, and the copy resumes when the server heals), the
  * command giving up and resuming, and a local disk that fills up (a real, tiny tmpfs).
  */
-import { spawn } from "node:child_process";
+
 import { existsSync } from "node:fs";
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { EngineEvent } from "../../runtime/deploy/engine.ts";
 import { DeploySession, type Workload } from "../../runtime/deploy/session.ts";
 import { AhciCommandError, AhciGuestDriver } from "../../runtime/guest/driver.ts";
 import type { SourceEvent } from "../../runtime/sources/options.ts";
 import { RealClock } from "../../runtime/vmx/clock.ts";
+import { runMedic } from "../medic-cli.ts";
 import { execFileAsync, makeRandomImage, makeTempDir, NbdkitServer, removeDir } from "../sources/servers.ts";
 
-const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const MEDIC = join(ROOT, "bin/medic.mjs");
 const MiB = 1024 * 1024;
 const IMAGE_BYTES = 16 * MiB;
 const SECTORS = IMAGE_BYTES / 512;
@@ -87,28 +85,7 @@ async function bitmapCheck(disk: string): Promise<{ marked: number; wrong: numbe
   return { marked, wrong };
 }
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function medic(args: string[], during?: (stderr: () => string) => Promise<void>): Promise<CliRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MEDIC, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-    void during?.(() => stderr).catch(reject);
-  });
-}
+const medic = runMedic;
 
 async function until(what: string, done: () => boolean, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
