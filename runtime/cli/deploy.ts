@@ -21,8 +21,8 @@ export const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload bo
   a local image file, else .cache/guest). --mode streaming (default) streams the image while it boots;
   bare and passthrough copy the image first (copy-then-boot), passthrough trapping every register
   access to the mediator. --console shows the guest's serial console.
-  --flush-every-mib N: fetched data is flushed and recorded in the bitmap every N MiB (default 64): what
-  a killed run may have to fetch again. --retries N: attempts per fetch before the deployment pauses
+  --flush-every-mib N: fetched data is flushed and recorded in the bitmap every N MiB (default 64) and at
+  least every second: what a killed run may have to fetch again. --retries N: attempts per fetch before the deployment pauses
   (default 5; the guest's read of a missing block then fails as a disk read error, and the copy tries
   again later). --give-up-after S: a deployment paused that long after the guest's workload ended
   exits 1; run it again to resume (default 60). --allow-larger-disk: a local disk larger than the

@@ -67,6 +67,11 @@ export interface EngineOptions {
   /** Local writes between the engine's flushes. */
   readonly flushEveryBytes?: number;
   /**
+   * At most this long between a local write and the flush that makes it count (ms): on a slow link
+   * the copy never pauses and 64 MiB take minutes, so progress and a resumed run would lag behind.
+   */
+  readonly flushEveryMs?: number;
+  /**
    * The engine's own local writes in flight at once (the device works on them side by side; one
    * at a time leaves it idle between them).
    */
@@ -179,6 +184,7 @@ export class DeploymentEngine {
   /** The engine's own writes on their way to the device, settling when they are accounted for. */
   private readonly writesInFlight = new Set<Promise<void>>();
   private bytesSinceFlush = 0;
+  private lastFlushAt = 0;
   private nextBackgroundAt = 0;
   /** When the guest last issued a command: the background copy waits for a quiet moment. */
   private lastGuestAt = Number.NEGATIVE_INFINITY;
@@ -208,6 +214,7 @@ export class DeploymentEngine {
       backgroundLatencyMs: 100,
       guestQuietMs: 5,
       flushEveryBytes: 64 * 1024 * 1024,
+      flushEveryMs: 1000,
       writeDepth: 8,
       retries: 5,
       pauseMs: 1000,
@@ -228,6 +235,7 @@ export class DeploymentEngine {
 
   /** Installs the policy and starts the background copy. */
   start(): void {
+    this.lastFlushAt = this.o.clock.now();
     this.o.device.setPolicy({
       interpret: (request) => this.interpret(request),
       completed: (request, ok) => this.completed(request, ok),
@@ -671,7 +679,11 @@ export class DeploymentEngine {
         if (first === undefined) {
           // Flush when the copy pauses (nothing more on its way), not after every burst; the
           // last write in flight comes back here when it is done.
-          if (this.bytesSinceFlush > 0 && this.inFlightFetches === 0 && this.writesInFlight.size === 0)
+          if (
+            this.bytesSinceFlush > 0 &&
+            this.writesInFlight.size === 0 &&
+            (this.inFlightFetches === 0 || this.flushOverdue())
+          )
             await this.ownFlush();
           break;
         }
@@ -702,7 +714,7 @@ export class DeploymentEngine {
           this.writesInFlight.delete(write);
           this.kick();
         });
-        if (this.bytesSinceFlush >= this.o.flushEveryBytes) await this.ownFlush();
+        if (this.bytesSinceFlush >= this.o.flushEveryBytes || this.flushOverdue()) await this.ownFlush();
       }
     } finally {
       this.writerRunning = false;
@@ -746,9 +758,15 @@ export class DeploymentEngine {
     }
   }
 
+  /** Written data has waited flushEveryMs for a flush. */
+  private flushOverdue(): boolean {
+    return this.bytesSinceFlush > 0 && this.o.clock.now() - this.lastFlushAt >= this.o.flushEveryMs;
+  }
+
   private async ownFlush(): Promise<void> {
     const covered = this.seq;
     this.bytesSinceFlush = 0;
+    this.lastFlushAt = this.o.clock.now();
     const result = await this.o.device.issueOwn(this.o.port, { op: "flush", lba: 0, sectors: 0 }, false);
     this.stats.ownFlushes++;
     if (!result.ok) {

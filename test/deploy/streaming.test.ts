@@ -128,3 +128,26 @@ describe("stopping the engine", () => {
     expect(s.engine.error).toBeNull();
   });
 });
+
+describe("progress on a slow link", () => {
+  it("what the copy has written counts as local within about a second, not only every 64 MiB", async () => {
+    const { VirtualClock } = await import("../../runtime/vmx/clock.ts");
+    const { streamingSetup } = await import("./helpers.ts");
+    const clock = new VirtualClock();
+    // 16 MiB at 1 MiB/s: background fetches are always on the link, so the copy never pauses.
+    const s = streamingSetup({
+      sectors: (16 << 20) / 512,
+      clock,
+      blockBytes: 65536,
+      linkBytesPerSecond: 1 << 20,
+    });
+    await clock.run(async () => {
+      s.engine.start();
+      await clock.sleep(4000);
+      // About 4 MiB fetched by now; all but the last second's worth must be durable and counted.
+      expect(s.engine.stats.bytesFetched).toBeGreaterThanOrEqual(3 << 20);
+      expect(s.engine.localBytes).toBeGreaterThanOrEqual(2 << 20);
+      s.engine.stop();
+    });
+  });
+});
