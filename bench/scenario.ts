@@ -5,6 +5,7 @@ import { ThrottledSource } from "../runtime/block/throttle.ts";
 import { LocalBitmap } from "../runtime/deploy/bitmap.ts";
 import { bootWorkload } from "../runtime/deploy/boot-workload.ts";
 import { DeploymentEngine } from "../runtime/deploy/engine.ts";
+import { DEFAULT_FETCH_ARENA_BYTES } from "../runtime/deploy/fetch-buffers.ts";
 import { Machine } from "../runtime/machine.ts";
 import type { ReplayEnvironment } from "../runtime/replay/replay.ts";
 import type { Clock } from "../runtime/vmx/clock.ts";
@@ -58,7 +59,12 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
       latency: o.latencyMs,
     });
     const local = new SparseBackend(o.imageSectors, 128, "local disk");
-    const machine = new Machine({ disks: [local], clock, mediated: true });
+    const machine = new Machine({
+      disks: [local],
+      clock,
+      mediated: true,
+      dmaBytes: DEFAULT_FETCH_ARENA_BYTES,
+    });
     const bitmap = LocalBitmap.inMemory({
       blockBytes: o.blockBytes ?? 65536,
       imageSectors: o.imageSectors,
@@ -70,6 +76,7 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
       bitmap,
       clock,
       backgroundRate: o.backgroundRate,
+      ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
       devirtualize: () => machine.devirtualize(),
     });
     const start = clock.now();

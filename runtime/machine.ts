@@ -22,6 +22,12 @@ export interface MachineOptions {
   readonly mediated?: boolean;
   readonly vmmBytes?: number;
   /**
+   * VMM memory beyond vmmBytes kept for DMA buffers of the VMM's own (default 0), e.g. the buffers
+   * a streaming deployment fetches the image into: the mediator writes them to the disk in place.
+   * Only for the machine's own memory (not an emulator's).
+   */
+  readonly dmaBytes?: number;
+  /**
    * Physical memory owned by someone else (an x86 emulator's RAM), instead of a GuestMemory of
    * ramMiB + vmmBytes. Its "reserved" region `vmmRegion` is the VMM's, hidden from the guest.
    */
@@ -45,11 +51,14 @@ export class Machine {
   readonly clock: Clock;
   readonly abar: number;
   readonly guestRamBytes: number;
+  /** The VMM's DMA memory (dmaBytes of it), a live view; null when there is none. */
+  readonly dmaArena: Uint8Array | null = null;
 
   constructor(options: MachineOptions) {
     this.clock = options.clock ?? new RealClock();
     this.abar = options.abar ?? DEFAULT_ABAR;
     let vmmRegion: MemoryRegion | undefined;
+    let dmaMemory: { base: number; size: number } | undefined;
     if (options.memory) {
       this.memory = options.memory.physical;
       this.guestRamBytes = options.memory.guestRamBytes;
@@ -57,9 +66,19 @@ export class Machine {
     } else {
       this.guestRamBytes = (options.ramMiB ?? 64) * 1024 * 1024;
       const vmmBytes = options.mediated ? (options.vmmBytes ?? DEFAULT_VMM_BYTES) : 0;
-      const memory = new GuestMemory({ ramBytes: this.guestRamBytes + vmmBytes, vmmBytes });
+      const dmaBytes = options.mediated ? (options.dmaBytes ?? 0) : 0;
+      const memory = new GuestMemory({
+        ramBytes: this.guestRamBytes + vmmBytes + dmaBytes,
+        vmmBytes: vmmBytes + dmaBytes,
+      });
       this.memory = memory;
-      vmmRegion = memory.vmmRegion;
+      // The mediator's private part first, then the DMA memory above it.
+      const reserved = memory.vmmRegion;
+      vmmRegion = reserved && { ...reserved, length: vmmBytes };
+      if (reserved && dmaBytes > 0) {
+        dmaMemory = { base: reserved.base + vmmBytes, size: dmaBytes };
+        this.dmaArena = memory.liveView(dmaMemory.base, dmaBytes);
+      }
     }
     this.host = new VmxHost({ memory: this.memory, clock: this.clock });
     this.controller = new AhciController({
@@ -93,6 +112,7 @@ export class Machine {
       memory: this.memory,
       isGuestRange: (address, length) => this.memory.isGuestRange(address, length),
       privateMemory: { base: vmm.base, size: vmm.length },
+      ...(dmaMemory && { dmaMemory }),
       deviceRead: (offset) => controller.read(offset, 4),
       deviceWrite: (offset, value) => controller.write(offset, 4, value),
       setGuestInterrupt: (level) => {

@@ -97,6 +97,7 @@ interface Names {
   readonly fisAlign: number;
   readonly listAlign: number;
   readonly tableAlign: number;
+  readonly dataAlign: number;
   readonly setName: string;
   readonly decodeCommand: string;
   readonly encodeCommand: string;
@@ -326,6 +327,7 @@ function resolveNames(model: DeviceModel, m: MediatorModel): Names {
     fisAlign: fisLink.align,
     listAlign: listLink.align,
     tableAlign: tableLink.align,
+    dataAlign: dataLink.align,
     setName: typeName(set.name),
     decodeCommand: `decode${typeName(set.name)}Command`,
     encodeCommand: `encode${typeName(set.name)}Command`,
@@ -395,11 +397,19 @@ export interface MediatorHost {
     /** The bytes in place, no copy (optional): for parsing what must be checked in one step. */
     liveView?(address: number, length: number): Uint8Array;
     write(address: number, data: Uint8Array): void;
+    /** The physical address of a view of this memory's own bytes (optional; undefined for any other array). */
+    addressOf?(view: Uint8Array): number | undefined;
   };
   /** True when [address, address + length) lies in RAM the guest owns (not the VMM's). */
   isGuestRange(address: number, length: number): boolean;
   /** VMM-private physical memory for the mediator's own command lists, tables and buffers. */
   readonly privateMemory: { readonly base: number; readonly size: number };
+  /**
+   * VMM memory beside privateMemory where callers may already hold the data of their own writes
+   * (optional; e.g. buffers the image was fetched into): such data goes to the device from where
+   * it lies instead of through a copy. It must stay unchanged until its write completes.
+   */
+  readonly dmaMemory?: { readonly base: number; readonly size: number };
   /** The device's registers, straight (dword offsets in the register window). */
   deviceRead(offset: number): number;
   deviceWrite(offset: number, value: number): void;
@@ -1481,6 +1491,15 @@ ${n.portResets
     return false;
   }
 
+  /** Where an own write's data already lies in the VMM's DMA memory, suitably aligned; else undefined. */
+  private inPlaceAddress(data: Uint8Array): number | undefined {
+    const area = this.host.dmaMemory;
+    if (area === undefined) return undefined;
+    const address = this.host.memory.addressOf?.(data);
+    if (address === undefined || address % ${n.dataAlign} !== 0) return undefined;
+    return address >= area.base && address + data.length <= area.base + area.size ? address : undefined;
+  }
+
   /** Writes the run's commands into the private list and tables, issues them, waits for all. */
   private async executeOwn(port: number, own: OwnRun, list: number): Promise<OwnResult[]> {
     const base = this.portBase(port);
@@ -1491,6 +1510,8 @@ ${n.portResets
     let mask = 0;
     for (const [slot, { command }] of own.batch.entries()) {
       const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
+      const inPlace = command.op === "write" && command.data ? this.inPlaceAddress(command.data) : undefined;
+      const data = inPlace ?? buffer;
       const table = tables + slot * TABLE_STRIDE;
       const name = command.op === "read" ? (queued ? "${n.ownQueuedRead}" : "${n.ownRead}") : command.op === "write" ? (queued ? "${n.ownQueuedWrite}" : "${n.ownWrite}") : "${n.ownFlush}";
       const fis = ${n.encodeCommand}(name, { lba: command.lba, sectors: command.sectors, tag: slot });
@@ -1499,7 +1520,7 @@ ${n.portResets
       let entries = 0;
       for (let at = 0; at < bytes; at += PRD_BYTES, entries++) {
         const entry = empty${n.prd}();
-        const address = buffer + at;
+        const address = data + at;
         entry.${pf.dba} = address % 2 ** 32;
         ${pf.dbau ? `entry.${pf.dbau} = Math.floor(address / 2 ** 32);` : ""}
         const length = Math.min(PRD_BYTES, bytes - at);
@@ -1508,7 +1529,7 @@ ${n.portResets
       }
       if (command.op === "write") {
         if (!command.data || command.data.length !== bytes) return own.batch.map(() => ({ ok: false, error: "write data does not match its sectors" }));
-        this.host.memory.write(buffer, command.data);
+        if (inPlace === undefined) this.host.memory.write(buffer, command.data);
       }
       this.host.memory.write(table, tableBytes);
       const header = empty${n.header}();
@@ -1518,8 +1539,8 @@ ${n.portResets
       header.${hf.ctba} = table % 2 ** 32;
       ${hf.ctbau ? `header.${hf.ctbau} = Math.floor(table / 2 ** 32);` : ""}
       this.host.memory.write(list + ${n.listSlotOffset} + slot * ${n.headerSize}, encode${n.header}(header));
-      buffers.push(buffer);
-      buffer += (bytes + 4095) & ~4095;
+      buffers.push(data);
+      if (inPlace === undefined) buffer += (bytes + 4095) & ~4095;
       mask |= 1 << slot;
     }
     if (queued) this.host.deviceWrite(base + ${n.sact}, mask);

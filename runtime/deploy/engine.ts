@@ -1,6 +1,7 @@
 import { BlockError, type BlockSource, SECTOR_SIZE } from "../block/types.ts";
 import type { Clock } from "../vmx/clock.ts";
 import type { LocalBitmap } from "./bitmap.ts";
+import { FetchBuffers } from "./fetch-buffers.ts";
 
 /**
  * The streaming-deployment engine (BMcast's copy-on-read plus background copy), device-agnostic:
@@ -83,6 +84,11 @@ export interface EngineOptions {
    * fail as disk read errors; the copy stops) and tries again after this long, doubling up to 30 s.
    */
   readonly pauseMs?: number;
+  /**
+   * Memory to carve background fetch buffers from (optional): the VMM's DMA memory, whose data
+   * the mediator's own writes send to the disk in place. Heap buffers serve beyond it.
+   */
+  readonly fetchArena?: Uint8Array;
   /** Checks a fetched block (a manifest); false makes the engine refetch, then fail. */
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
   /** Turns the VMM off; false when not yet safe (the engine tries again). */
@@ -157,13 +163,8 @@ export class DeploymentEngine {
   private readonly sectorsPerBlock: number;
   private readonly state: Uint8Array;
   private readonly cache = new Map<number, Uint8Array>();
-  /**
-   * Background fetches land in reusable buffers (one fetch's worth each): a buffer goes back to
-   * the pool once none of its blocks waits for its local write, so the copy makes no garbage.
-   */
-  private readonly fetchPool: ArrayBuffer[] = [];
-  /** Blocks of each pooled buffer still cached or on their way. */
-  private readonly poolUsers = new Map<ArrayBufferLike, number>();
+  /** Where background fetches land (see FetchBuffers). */
+  private readonly fetchBuffers: FetchBuffers;
   private readonly fetching = new Map<number, Promise<Uint8Array>>();
   private readonly landed = new Map<number, Waiter>();
   private readonly writtenSeq = new Map<number, number>();
@@ -200,8 +201,10 @@ export class DeploymentEngine {
   private devirtualized = false;
   /** Resolvers of everyone waiting for the engine's state to change. */
   private readonly wakers = new Set<() => void>();
-  private readonly o: Required<Omit<EngineOptions, "verifyBlock" | "devirtualize" | "onEvent">> &
-    Pick<EngineOptions, "verifyBlock" | "devirtualize" | "onEvent">;
+  private readonly o: Required<
+    Omit<EngineOptions, "verifyBlock" | "devirtualize" | "onEvent" | "fetchArena">
+  > &
+    Pick<EngineOptions, "verifyBlock" | "devirtualize" | "onEvent" | "fetchArena">;
 
   constructor(options: EngineOptions) {
     this.o = {
@@ -226,6 +229,7 @@ export class DeploymentEngine {
       throw new BlockError(`block size ${this.blockBytes} is not a multiple of ${SECTOR_SIZE}`, "config");
     }
     this.sectorsPerBlock = this.blockBytes / SECTOR_SIZE;
+    this.fetchBuffers = new FetchBuffers(this.o.fetchBlocks * this.blockBytes, options.fetchArena);
     this.windowDepth = this.o.fetchDepth;
     this.windowBlocks = this.o.fetchBlocks;
     this.blocks = bitmap.blocks;
@@ -458,7 +462,7 @@ export class DeploymentEngine {
 
   /** Data that stays valid: a copy when it lives in a pooled buffer, which is reused once written. */
   private stable(data: Uint8Array): Uint8Array {
-    return this.poolUsers.has(data.buffer) ? data.slice() : data;
+    return this.fetchBuffers.owns(data) ? data.slice() : data;
   }
 
   /**
@@ -537,7 +541,7 @@ export class DeploymentEngine {
         try {
           this.verify(first, data);
         } catch (error) {
-          this.giveBack(data.buffer);
+          this.fetchBuffers.giveBack(data);
           throw error;
         }
         return data;
@@ -561,26 +565,16 @@ export class DeploymentEngine {
     const image = this.o.image;
     const size = this.o.fetchBlocks * this.blockBytes;
     if (image.readInto === undefined || sectors * SECTOR_SIZE > size) return image.read(lba, sectors);
-    const buffer = this.fetchPool.pop() ?? new ArrayBuffer(size);
-    const data = new Uint8Array(buffer, 0, sectors * SECTOR_SIZE);
+    const data = this.fetchBuffers.take().subarray(0, sectors * SECTOR_SIZE);
     // A failed read's buffer is not reused: a request the source gave up on might still land in it.
     await image.readInto(lba, sectors, data);
-    this.poolUsers.set(buffer, Math.ceil(data.length / this.blockBytes));
+    this.fetchBuffers.hold(data, Math.ceil(data.length / this.blockBytes));
     return data;
   }
 
   /** One block of a pooled buffer no longer needs it (written locally, or not needed at all). */
   private release(data: Uint8Array | undefined): void {
-    if (data === undefined) return;
-    const users = this.poolUsers.get(data.buffer);
-    if (users === undefined) return;
-    if (users > 1) this.poolUsers.set(data.buffer, users - 1);
-    else this.giveBack(data.buffer);
-  }
-
-  private giveBack(buffer: ArrayBufferLike): void {
-    if (!this.poolUsers.delete(buffer)) return;
-    if (!this.devirtualized) this.fetchPool.push(buffer as ArrayBuffer);
+    if (data !== undefined) this.fetchBuffers.release(data);
   }
 
   private verify(first: number, data: Uint8Array): void {
@@ -887,6 +881,7 @@ export class DeploymentEngine {
     const off = this.o.devirtualize?.() ?? false;
     if (off) {
       this.devirtualized = true;
+      this.fetchBuffers.close();
       this.stats.devirtualizedAtMs = this.o.clock.now();
       this.o.onEvent?.({ type: "devirtualized", atMs: this.stats.devirtualizedAtMs });
       this.kick();

@@ -9,6 +9,7 @@ import type { SourceEvent } from "../sources/options.ts";
 import type { Clock } from "../vmx/clock.ts";
 import { LocalBitmap } from "./bitmap.ts";
 import { DeploymentEngine, type EngineEvent } from "./engine.ts";
+import { DEFAULT_FETCH_ARENA_BYTES } from "./fetch-buffers.ts";
 
 /** A guest run during the deployment: it gets the machine and resolves when its job is done. */
 export interface Workload {
@@ -178,7 +179,13 @@ export class DeploySession {
     try {
       machine = options.machine
         ? await options.machine(disk, options.clock)
-        : new Machine({ disks: [disk], clock: options.clock, mediated: true, ramMiB: 64 });
+        : new Machine({
+            disks: [disk],
+            clock: options.clock,
+            mediated: true,
+            ramMiB: 64,
+            dmaBytes: DEFAULT_FETCH_ARENA_BYTES,
+          });
       if (!machine.mediator) throw new DeployError("a streaming deployment needs a mediated machine");
     } catch (error) {
       await image.close();
@@ -193,6 +200,7 @@ export class DeploySession {
       backgroundRate: options.backgroundRate,
       fetchDepth: options.fetchDepth,
       fetchBlocks: options.fetchBlocks,
+      ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
       flushEveryBytes: options.flushEveryBytes,
       retries: options.retries,
       verifyBlock: options.verifyBlock,

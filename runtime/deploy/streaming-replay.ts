@@ -6,6 +6,7 @@ import type { ReplayEnvironment } from "../replay/replay.ts";
 import type { Trace } from "../replay/trace.ts";
 import { LocalBitmap } from "./bitmap.ts";
 import { DeploymentEngine } from "./engine.ts";
+import { DEFAULT_FETCH_ARENA_BYTES } from "./fetch-buffers.ts";
 
 /** Block size of streaming replays: the deployment default. */
 const BLOCK_BYTES = 64 * 1024;
@@ -34,7 +35,13 @@ export async function streamingEnvironment(
   const m = trace.machine;
   const pattern = new PatternSource(m.diskSectors, m.diskPattern, `${m.diskPattern} image`);
   const local = new SparseBackend(m.diskSectors, 128, "empty local disk");
-  const machine = new Machine({ ramMiB: m.ramMiB, abar: m.abar, disks: [local], mediated: true });
+  const machine = new Machine({
+    ramMiB: m.ramMiB,
+    abar: m.abar,
+    disks: [local],
+    mediated: true,
+    dmaBytes: DEFAULT_FETCH_ARENA_BYTES,
+  });
   const image =
     options.linkBytesPerSecond || options.latencyMs
       ? new ThrottledSource(pattern, {
@@ -53,6 +60,7 @@ export async function streamingEnvironment(
     image,
     bitmap,
     clock: machine.clock,
+    ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
     devirtualize: () => machine.devirtualize(),
   });
   engine.start();

@@ -43,6 +43,8 @@ export interface PhysicalMemory {
    * an emulator that must see every write (v86 keeps its JIT coherent) leaves it out.
    */
   liveView?(addr: number, length: number): Uint8Array;
+  /** Optional: the physical address of a view of this memory's own bytes (as liveView returns). */
+  addressOf?(view: Uint8Array): number | undefined;
   write(addr: number, bytes: Uint8Array): void;
   fill(addr: number, length: number, value: number): void;
   readU8(addr: number): number;
@@ -118,6 +120,12 @@ export class GuestMemory implements PhysicalMemory {
   liveView(addr: number, length: number): Uint8Array {
     this.#check(addr, length);
     return this.bytes.subarray(addr, addr + length);
+  }
+
+  addressOf(view: Uint8Array): number | undefined {
+    if (view.buffer !== this.bytes.buffer) return undefined;
+    const addr = view.byteOffset - this.bytes.byteOffset;
+    return addr >= 0 && addr + view.length <= this.size ? addr : undefined;
   }
 
   write(addr: number, bytes: Uint8Array): void {

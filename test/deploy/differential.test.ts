@@ -208,6 +208,8 @@ interface Params {
   readonly queueDepth: number;
   readonly engineFirst: boolean;
   readonly deviceLatencyMs: number;
+  /** VMM DMA memory for fetch buffers (0: none; small: it runs out and heap buffers serve too). */
+  readonly dmaBytes: number;
 }
 
 const params: fc.Arbitrary<Params> = fc.record({
@@ -238,6 +240,7 @@ const params: fc.Arbitrary<Params> = fc.record({
   queueDepth: fc.integer({ min: 1, max: 32 }),
   engineFirst: fc.boolean(),
   deviceLatencyMs: fc.constantFrom(0, 0, 1),
+  dmaBytes: fc.constantFrom(0, 1024 * 1024, 64 * 1024 * 1024),
 });
 
 function openStreaming(p: Params, clock: Clock): StreamingSetup {
@@ -254,6 +257,7 @@ function openStreaming(p: Params, clock: Clock): StreamingSetup {
     flushEveryBytes: p.flushEveryBytes,
     maxCachedBytes: p.maxCachedBytes,
     deviceLatencyMs: p.deviceLatencyMs,
+    dmaBytes: p.dmaBytes,
   });
 }
 
@@ -366,6 +370,7 @@ describe("streaming deployment against bare metal (differential)", () => {
       queueDepth: 32,
       engineFirst: true,
       deviceLatencyMs: 0,
+      dmaBytes: 0,
     };
     const clock = new VirtualClock();
     const s = openStreaming(p, clock);
@@ -417,6 +422,7 @@ describe("streaming deployment against bare metal (differential)", () => {
       queueDepth: 8,
       engineFirst: false,
       deviceLatencyMs: 0,
+      dmaBytes: 0,
     };
     const clock = new VirtualClock();
     const s = openStreaming(p, clock);
@@ -517,6 +523,7 @@ describe("streaming deployment against bare metal (differential)", () => {
       queueDepth: 2,
       engineFirst: false,
       deviceLatencyMs: 0,
+      dmaBytes: 0,
     };
     await withTimeout(
       differentialRun(p, [

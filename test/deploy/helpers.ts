@@ -90,6 +90,8 @@ export interface StreamingParams {
   readonly maxCachedBytes?: number;
   readonly ramMiB?: number;
   readonly deviceLatencyMs?: number;
+  /** VMM DMA memory for the engine's fetch buffers (the mediator writes them in place); default none. */
+  readonly dmaBytes?: number;
 }
 
 /** A mediated machine over an empty local disk, streaming an lba-pattern image through the engine. */
@@ -102,6 +104,7 @@ export function streamingSetup(p: StreamingParams): StreamingSetup {
     clock: p.clock,
     ramMiB: p.ramMiB ?? 16,
     latencyMs: p.deviceLatencyMs ?? 0,
+    dmaBytes: p.dmaBytes ?? 0,
   });
   const image =
     p.linkBytesPerSecond !== undefined || p.latencyMs
@@ -132,6 +135,7 @@ export function streamingSetup(p: StreamingParams): StreamingSetup {
     readAhead: p.readAhead,
     flushEveryBytes: p.flushEveryBytes,
     maxCachedBytes: p.maxCachedBytes,
+    ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
     devirtualize: () => machine.devirtualize(),
     onEvent: (event) => {
       events.push(event);
