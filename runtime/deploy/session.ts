@@ -45,6 +45,8 @@ export interface DeployOptions {
   readonly fetchDepth?: number;
   /** Consecutive blocks fetched in one background request. */
   readonly fetchBlocks?: number;
+  /** The engine's own local writes in flight (engine writeDepth). */
+  readonly writeDepth?: number;
   /** Local writes between the engine's flushes (each flush records the blocks in the bitmap). */
   readonly flushEveryBytes?: number;
   /** Options for the image source (NBD pipelining depth, request size, timeouts...). */
@@ -200,6 +202,7 @@ export class DeploySession {
       backgroundRate: options.backgroundRate,
       fetchDepth: options.fetchDepth,
       fetchBlocks: options.fetchBlocks,
+      writeDepth: options.writeDepth,
       ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
       flushEveryBytes: options.flushEveryBytes,
       retries: options.retries,
