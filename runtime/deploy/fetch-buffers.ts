@@ -1,8 +1,9 @@
 /**
  * The VMM memory a deployment's background fetches land in: as much as the engine caches by
- * default (maxCachedBytes), so the mediator writes the image to the disk from there, without a copy.
+ * default (maxCachedBytes) and the fetches in flight, so the mediator writes the image to the disk
+ * from there, without a copy.
  */
-export const DEFAULT_FETCH_ARENA_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_FETCH_ARENA_BYTES = 24 * 1024 * 1024;
 
 /**
  * Reusable buffers for background fetches, one fetch's worth each. They are carved from an arena

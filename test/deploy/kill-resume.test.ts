@@ -27,10 +27,10 @@ const BLOCK_BYTES = 64 * 1024; // the deploy default
 const SEED = process.env.KILL_SEED === undefined ? 20240611 : Number(process.env.KILL_SEED);
 /**
  * A kill loses what was fetched but not yet durable: at most one flush window of written blocks,
- * the fetched blocks cached meanwhile (the copy goes on while a flush syncs; maxCachedBytes, 64 MiB)
+ * the fetched blocks cached meanwhile (the copy goes on while a flush syncs; maxCachedBytes, 16 MiB)
  * and the fetches in flight (fetchDepth x fetchBlocks = 8 x 16 blocks).
  */
-const WASTE_PER_KILL = FLUSH_WINDOW + 64 * MiB + 8 * 16 * BLOCK_BYTES;
+const WASTE_PER_KILL = FLUSH_WINDOW + 16 * MiB + 8 * 16 * BLOCK_BYTES;
 
 let dir: string;
 let image: Buffer;
