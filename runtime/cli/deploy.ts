@@ -10,7 +10,8 @@ import { CliError } from "./errors.ts";
 import { formatBytes, formatMs, progressPrinter } from "./progress.ts";
 
 export const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload boot|none|TRACE] [--link-mbps N]
-                    [--latency-ms N] [--block-size N] [--background-mbps N] [--manifest FILE]
+                    [--latency-ms N] [--block-size N] [--background-mbps N [--full-rate-when-idle MS]]
+                    [--manifest FILE]
                     [--flush-every-mib N] [--retries N] [--give-up-after S] [--allow-larger-disk]
                     [--verify] [--json]
        medic deploy --guest linux --image SRC --disk FILE [--mode bare|passthrough|streaming]
@@ -21,6 +22,9 @@ export const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload bo
   a local image file, else .cache/guest). --mode streaming (default) streams the image while it boots;
   bare and passthrough copy the image first (copy-then-boot), passthrough trapping every register
   access to the mediator. --console shows the guest's serial console.
+  --background-mbps N: the background copy's rate limit, leaving the rest of the link to the guest's
+  reads of blocks not yet local; --full-rate-when-idle MS lifts it while the guest has issued nothing
+  for MS milliseconds (until its next command).
   --flush-every-mib N: fetched data is flushed and recorded in the bitmap every N MiB (default 64) and at
   least every second: what a killed run may have to fetch again. --retries N: attempts per fetch before the deployment pauses
   (default 5; the guest's read of a missing block then fails as a disk read error, and the copy tries
@@ -59,6 +63,7 @@ export async function deployCommand(args: string[]): Promise<number> {
       latencyMs: o.latencyMs,
       blockBytes,
       backgroundRate: o.backgroundMbps ? (o.backgroundMbps * 1e6) / 8 : undefined,
+      fullRateWhenIdleMs: o.fullRateWhenIdleMs,
       flushEveryBytes: o.flushEveryMib === undefined ? undefined : o.flushEveryMib * 2 ** 20,
       retries: o.retries,
       giveUpAfterMs: o.giveUpAfterS === undefined ? undefined : o.giveUpAfterS * 1000,
@@ -134,6 +139,7 @@ async function deployLinuxCommand(o: DeployArgs): Promise<number> {
       latencyMs: o.latencyMs,
       blockBytes,
       backgroundRate: o.backgroundMbps ? (o.backgroundMbps * 1e6) / 8 : undefined,
+      fullRateWhenIdleMs: o.fullRateWhenIdleMs,
       flushEveryBytes: o.flushEveryMib === undefined ? undefined : o.flushEveryMib * 2 ** 20,
       retries: o.retries,
       giveUpAfterMs: o.giveUpAfterS === undefined ? undefined : o.giveUpAfterS * 1000,
@@ -250,6 +256,7 @@ interface DeployArgs {
   latencyMs?: number;
   blockBytes?: number;
   backgroundMbps?: number;
+  fullRateWhenIdleMs?: number;
   manifest?: string;
   flushEveryMib?: number;
   retries?: number;
@@ -272,6 +279,7 @@ export function parseDeployArgs(args: string[]): DeployArgs {
         "latency-ms": { type: "string" },
         "block-size": { type: "string" },
         "background-mbps": { type: "string" },
+        "full-rate-when-idle": { type: "string" },
         manifest: { type: "string" },
         "flush-every-mib": { type: "string" },
         retries: { type: "string" },
@@ -290,6 +298,9 @@ export function parseDeployArgs(args: string[]): DeployArgs {
   }
   if (typeof values.image !== "string") throw new CliError(`--image is required\n${USAGE}`);
   if (typeof values.disk !== "string") throw new CliError(`--disk is required\n${USAGE}`);
+  if (values["full-rate-when-idle"] !== undefined && values["background-mbps"] === undefined) {
+    throw new CliError("--full-rate-when-idle lifts the --background-mbps limit: give that too");
+  }
   const guest = values.guest;
   if (guest !== undefined && guest !== "linux")
     throw new CliError(`--guest must be linux, not '${String(guest)}'`);
@@ -316,6 +327,7 @@ export function parseDeployArgs(args: string[]): DeployArgs {
     latencyMs: nonNegative(values["latency-ms"], "--latency-ms"),
     blockBytes: positive(values["block-size"], "--block-size"),
     backgroundMbps: positive(values["background-mbps"], "--background-mbps"),
+    fullRateWhenIdleMs: positive(values["full-rate-when-idle"], "--full-rate-when-idle"),
     manifest: typeof values.manifest === "string" ? values.manifest : undefined,
     flushEveryMib: positive(values["flush-every-mib"], "--flush-every-mib"),
     retries: integer(values.retries, "--retries"),

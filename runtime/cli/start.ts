@@ -15,12 +15,14 @@ const LINK_MBPS = 1000;
 const CACHE = ".cache/sample";
 
 /**
- * The real guest's deployment: its 64 MiB disk over this link, the background copy at half of it (so
- * the guest's reads of blocks not yet local do not queue behind it), which reaches the boot's files
- * (49 MiB in) after about 80 s, later than Linux reads them.
+ * The real guest's deployment: its 64 MiB disk over this link, the background copy at half of it
+ * while the guest is busy (so its reads of blocks not yet local do not queue behind the copy) and
+ * at the whole link while it is idle (before its disk driver starts, between bursts, after the boot).
  */
 const LINUX_LINK_MBPS = 10;
 const LINUX_BACKGROUND_MBPS = 5;
+/** Once the guest has been idle this long (its boot done), the copy takes the whole link. */
+const LINUX_FULL_RATE_WHEN_IDLE_MS = 1000;
 const GUEST_DIR = ".cache/guest";
 
 /**
@@ -72,7 +74,7 @@ async function startLinux(out: NodeJS.WriteStream, guest: { disk: string }): Pro
   await rm(`${disk}.medic-bitmap`, { force: true });
   const imageBytes = (await stat(guest.disk)).size;
   out.write(
-    `\nmedic: streaming the guest's ${formatBytes(imageBytes)} disk over a ${LINUX_LINK_MBPS} Mbit/s link (background copy at ${LINUX_BACKGROUND_MBPS} Mbit/s) ` +
+    `\nmedic: streaming the guest's ${formatBytes(imageBytes)} disk over a ${LINUX_LINK_MBPS} Mbit/s link (background copy at ${LINUX_BACKGROUND_MBPS} Mbit/s while the guest is busy, the whole link once it is idle) ` +
       "while the unmodified Linux kernel boots from the local disk, on an emulated PC (v86) with medic's AHCI controller behind the generated mediator\n",
   );
   const progress = progressPrinter(process.stderr);
@@ -83,6 +85,7 @@ async function startLinux(out: NodeJS.WriteStream, guest: { disk: string }): Pro
     guest: files,
     linkBytesPerSecond: (LINUX_LINK_MBPS * 1e6) / 8,
     backgroundRate: (LINUX_BACKGROUND_MBPS * 1e6) / 8,
+    fullRateWhenIdleMs: LINUX_FULL_RATE_WHEN_IDLE_MS,
     verify: true,
     onProgress: (p) => progress.update(p),
   });

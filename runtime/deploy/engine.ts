@@ -61,6 +61,12 @@ export interface EngineOptions {
   readonly maxCachedBytes?: number;
   /** Background copy rate limit in bytes per second (Infinity: as fast as the link allows; 0: off, copy on read only). */
   readonly backgroundRate?: number;
+  /**
+   * Once the guest has issued nothing for this long (ms), the background copy ignores
+   * backgroundRate until the guest's next command: the limit leaves the guest's misses room on
+   * the link, and an idle guest has none (default Infinity: the limit always holds).
+   */
+  readonly fullRateWhenIdleMs?: number;
   /** The background copy starts only after the guest has issued nothing for this long (ms). */
   readonly guestQuietMs?: number;
   /** Blocks after a guest miss fetched next. */
@@ -218,6 +224,7 @@ export class DeploymentEngine {
       fetchBlocks: 16,
       maxCachedBytes: 16 * 1024 * 1024,
       backgroundRate: Number.POSITIVE_INFINITY,
+      fullRateWhenIdleMs: Number.POSITIVE_INFINITY,
       readAhead: 16,
       backgroundLatencyMs: 100,
       guestQuietMs: 5,
@@ -849,14 +856,16 @@ export class DeploymentEngine {
           this.inFlightFetches < this.o.fetchDepth
         ) {
           const now = this.o.clock.now();
-          if (now < this.nextBackgroundAt) {
+          const idle = Number.isFinite(this.o.fullRateWhenIdleMs) && quietFor >= this.o.fullRateWhenIdleMs;
+          const limited = Number.isFinite(this.o.backgroundRate) && !idle;
+          if (limited && now < this.nextBackgroundAt) {
             // Rate limit: wait, then look again (the guest may have fetched that block meanwhile).
             await this.o.clock.sleep(this.nextBackgroundAt - now);
             continue;
           }
           const count = this.runLength(next);
           const bytes = count * this.blockBytes;
-          if (Number.isFinite(this.o.backgroundRate)) {
+          if (limited) {
             this.nextBackgroundAt =
               Math.max(now, this.nextBackgroundAt) + (bytes / this.o.backgroundRate) * 1000;
           }

@@ -42,6 +42,8 @@ export interface DeployOptions {
   readonly latencyMs?: number;
   readonly blockBytes?: number;
   readonly backgroundRate?: number;
+  /** The guest idle this long (ms): the background copy runs at the link's rate (engine fullRateWhenIdleMs). */
+  readonly fullRateWhenIdleMs?: number;
   readonly fetchDepth?: number;
   /** Consecutive blocks fetched in one background request. */
   readonly fetchBlocks?: number;
@@ -200,6 +202,7 @@ export class DeploySession {
       bitmap: loaded.bitmap,
       clock: options.clock,
       backgroundRate: options.backgroundRate,
+      fullRateWhenIdleMs: options.fullRateWhenIdleMs,
       fetchDepth: options.fetchDepth,
       fetchBlocks: options.fetchBlocks,
       writeDepth: options.writeDepth,

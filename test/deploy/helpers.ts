@@ -83,6 +83,7 @@ export interface StreamingParams {
   readonly linkBytesPerSecond?: number;
   readonly latencyMs?: number;
   readonly backgroundRate?: number;
+  readonly fullRateWhenIdleMs?: number;
   readonly fetchDepth?: number;
   readonly fetchBlocks?: number;
   readonly readAhead?: number;
@@ -130,6 +131,7 @@ export function streamingSetup(p: StreamingParams): StreamingSetup {
     bitmap,
     clock: p.clock,
     backgroundRate: p.backgroundRate,
+    fullRateWhenIdleMs: p.fullRateWhenIdleMs,
     fetchDepth: p.fetchDepth,
     fetchBlocks: p.fetchBlocks,
     readAhead: p.readAhead,

@@ -151,3 +151,50 @@ describe("progress on a slow link", () => {
     });
   });
 });
+
+describe("the background rate limit and an idle guest", () => {
+  const MiB = 1 << 20;
+  // 32 MiB over an 8 MiB/s link with the copy limited to 1 MiB/s: what it copies from 1 s to 3 s
+  // (after the first fetches, sent before a busy guest's first command).
+  async function copiedFrom1To3s(
+    fullRateWhenIdleMs: number | undefined,
+    busyGuest: boolean,
+  ): Promise<number> {
+    const { VirtualClock } = await import("../../runtime/vmx/clock.ts");
+    const { streamingSetup } = await import("./helpers.ts");
+    const { AhciGuestDriver } = await import("../../runtime/guest/driver.ts");
+    const clock = new VirtualClock();
+    const s = streamingSetup({
+      sectors: (32 * MiB) / 512,
+      clock,
+      blockBytes: 65536,
+      linkBytesPerSecond: 8 * MiB,
+      backgroundRate: MiB,
+      fullRateWhenIdleMs,
+    });
+    let bytes = 0;
+    await clock.run(async () => {
+      const driver = await AhciGuestDriver.open(s.machine);
+      const start = clock.now();
+      s.engine.start();
+      let atOne: number | null = null;
+      while (clock.now() < start + 3000) {
+        if (atOne === null && clock.now() >= start + 1000) atOne = s.engine.stats.bytesBackground;
+        // A busy guest reads the first block every 20 ms (local after the first miss).
+        if (busyGuest) await driver.read(0, 8);
+        await clock.sleep(20);
+      }
+      bytes = s.engine.stats.bytesBackground - atOne!;
+      s.engine.stop();
+    });
+    return bytes;
+  }
+
+  it("holds while the guest is busy, and is lifted while it is idle when asked", async () => {
+    // 2 s at the limit: about 2 MiB (a fetch or two may run ahead of it).
+    expect(await copiedFrom1To3s(undefined, false)).toBeLessThanOrEqual(3.5 * MiB);
+    expect(await copiedFrom1To3s(500, true)).toBeLessThanOrEqual(3.5 * MiB);
+    // An idle guest and the limit lifted: 2 s at the link's 8 MiB/s.
+    expect(await copiedFrom1To3s(500, false)).toBeGreaterThanOrEqual(12 * MiB);
+  });
+});

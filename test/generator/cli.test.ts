@@ -241,4 +241,25 @@ describe.concurrent("medic check", () => {
     },
     SLOW,
   );
+
+  it(
+    "deploy --full-rate-when-idle without --background-mbps: one line saying what it needs, exit 2",
+    async () => {
+      const run = await medic(
+        "deploy",
+        "--image",
+        "x.raw",
+        "--disk",
+        "y.raw",
+        "--full-rate-when-idle",
+        "1000",
+      );
+      expect(run.code).toBe(2);
+      expect(run.stderr.trim()).toBe(
+        "medic deploy: --full-rate-when-idle lifts the --background-mbps limit: give that too",
+      );
+      expectNoStack(run);
+    },
+    SLOW,
+  );
 });

@@ -82,6 +82,7 @@ export interface LinuxDeployOptions {
   readonly latencyMs?: number;
   readonly blockBytes?: number;
   readonly backgroundRate?: number;
+  readonly fullRateWhenIdleMs?: number;
   readonly fetchDepth?: number;
   readonly flushEveryBytes?: number;
   readonly retries?: number;
@@ -176,6 +177,7 @@ async function streaming(o: LinuxDeployOptions): Promise<LinuxDeployResult> {
       latencyMs: o.latencyMs,
       blockBytes: o.blockBytes,
       backgroundRate: o.backgroundRate,
+      fullRateWhenIdleMs: o.fullRateWhenIdleMs,
       fetchDepth: o.fetchDepth,
       flushEveryBytes: o.flushEveryBytes,
       retries: o.retries,
