@@ -4,8 +4,7 @@ import { SparseBackend } from "../runtime/block/sparse.ts";
 import { ThrottledSource } from "../runtime/block/throttle.ts";
 import { LocalBitmap } from "../runtime/deploy/bitmap.ts";
 import { bootWorkload } from "../runtime/deploy/boot-workload.ts";
-import { DeploymentEngine } from "../runtime/deploy/engine.ts";
-import { DEFAULT_FETCH_ARENA_BYTES } from "../runtime/deploy/fetch-buffers.ts";
+import { DEFAULT_FETCH_ARENA_BYTES, DeploymentEngine } from "../runtime/deploy/engine.ts";
 import { Machine } from "../runtime/machine.ts";
 import type { ReplayEnvironment } from "../runtime/replay/replay.ts";
 import type { Clock } from "../runtime/vmx/clock.ts";
@@ -76,7 +75,7 @@ export async function runScenario(o: ScenarioOptions): Promise<ScenarioResult> {
       bitmap,
       clock,
       backgroundRate: o.backgroundRate,
-      ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
+      fetchArena: machine.dmaArena,
       devirtualize: () => machine.devirtualize(),
     });
     const start = clock.now();

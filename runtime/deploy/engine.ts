@@ -3,6 +3,17 @@ import type { Clock } from "../vmx/clock.ts";
 import type { LocalBitmap } from "./bitmap.ts";
 import { FetchBuffers } from "./fetch-buffers.ts";
 
+const DEFAULT_FETCH_DEPTH = 8;
+const DEFAULT_FETCH_BLOCKS = 16;
+const DEFAULT_MAX_CACHED_BYTES = 16 * 1024 * 1024;
+/**
+ * The VMM memory a deployment's background fetches land in (Machine dmaBytes, then fetchArena):
+ * what the engine caches by default plus its fetches in flight, of the deploy default 64 KiB
+ * blocks, so the mediator writes the whole copy to the disk from there, without a copy.
+ */
+export const DEFAULT_FETCH_ARENA_BYTES =
+  DEFAULT_MAX_CACHED_BYTES + DEFAULT_FETCH_DEPTH * DEFAULT_FETCH_BLOCKS * 64 * 1024;
+
 /**
  * The streaming-deployment engine (BMcast's copy-on-read plus background copy), device-agnostic:
  * it sees guest block requests through a mediator's interpret hook and answers with pass,
@@ -97,9 +108,10 @@ export interface EngineOptions {
   readonly pauseMs?: number;
   /**
    * Memory to carve background fetch buffers from (optional): the VMM's DMA memory, whose data
-   * the mediator's own writes send to the disk in place. Heap buffers serve beyond it.
+   * the mediator's own writes send to the disk in place. Heap buffers serve beyond it (and
+   * instead of it when it is null or absent).
    */
-  readonly fetchArena?: Uint8Array;
+  readonly fetchArena?: Uint8Array | null;
   /** Checks a fetched block (a manifest); false makes the engine refetch, then fail. */
   readonly verifyBlock?: (block: number, data: Uint8Array) => boolean;
   /** Turns the VMM off; false when not yet safe (the engine tries again). */
@@ -220,9 +232,9 @@ export class DeploymentEngine {
   constructor(options: EngineOptions) {
     this.o = {
       port: 0,
-      fetchDepth: 8,
-      fetchBlocks: 16,
-      maxCachedBytes: 16 * 1024 * 1024,
+      fetchDepth: DEFAULT_FETCH_DEPTH,
+      fetchBlocks: DEFAULT_FETCH_BLOCKS,
+      maxCachedBytes: DEFAULT_MAX_CACHED_BYTES,
       backgroundRate: Number.POSITIVE_INFINITY,
       fullRateWhenIdleMs: Number.POSITIVE_INFINITY,
       readAhead: 16,
@@ -241,7 +253,10 @@ export class DeploymentEngine {
       throw new BlockError(`block size ${this.blockBytes} is not a multiple of ${SECTOR_SIZE}`, "config");
     }
     this.sectorsPerBlock = this.blockBytes / SECTOR_SIZE;
-    this.fetchBuffers = new FetchBuffers(this.o.fetchBlocks * this.blockBytes, options.fetchArena);
+    this.fetchBuffers = new FetchBuffers(
+      this.o.fetchBlocks * this.blockBytes,
+      options.fetchArena ?? undefined,
+    );
     this.windowDepth = this.o.fetchDepth;
     this.windowBlocks = this.o.fetchBlocks;
     this.blocks = bitmap.blocks;

@@ -1,11 +1,4 @@
 /**
- * The VMM memory a deployment's background fetches land in: as much as the engine caches by
- * default (maxCachedBytes) and the fetches in flight, so the mediator writes the image to the disk
- * from there, without a copy.
- */
-export const DEFAULT_FETCH_ARENA_BYTES = 24 * 1024 * 1024;
-
-/**
  * Reusable buffers for background fetches, one fetch's worth each. They are carved from an arena
  * while it lasts — the VMM's DMA memory, so the mediator's own writes send them to the disk from
  * where they lie, without a copy — and come from the heap after that. A buffer is handed out

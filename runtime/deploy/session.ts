@@ -8,8 +8,7 @@ import { type OpenSourceOptions, openSource } from "../sources/open.ts";
 import type { SourceEvent } from "../sources/options.ts";
 import type { Clock } from "../vmx/clock.ts";
 import { LocalBitmap } from "./bitmap.ts";
-import { DeploymentEngine, type EngineEvent } from "./engine.ts";
-import { DEFAULT_FETCH_ARENA_BYTES } from "./fetch-buffers.ts";
+import { DEFAULT_FETCH_ARENA_BYTES, DeploymentEngine, type EngineEvent } from "./engine.ts";
 
 /** A guest run during the deployment: it gets the machine and resolves when its job is done. */
 export interface Workload {
@@ -206,7 +205,7 @@ export class DeploySession {
       fetchDepth: options.fetchDepth,
       fetchBlocks: options.fetchBlocks,
       writeDepth: options.writeDepth,
-      ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
+      fetchArena: machine.dmaArena,
       flushEveryBytes: options.flushEveryBytes,
       retries: options.retries,
       verifyBlock: options.verifyBlock,

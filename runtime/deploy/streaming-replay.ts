@@ -5,8 +5,7 @@ import { Machine } from "../machine.ts";
 import type { ReplayEnvironment } from "../replay/replay.ts";
 import type { Trace } from "../replay/trace.ts";
 import { LocalBitmap } from "./bitmap.ts";
-import { DeploymentEngine } from "./engine.ts";
-import { DEFAULT_FETCH_ARENA_BYTES } from "./fetch-buffers.ts";
+import { DEFAULT_FETCH_ARENA_BYTES, DeploymentEngine } from "./engine.ts";
 
 /** Block size of streaming replays: the deployment default. */
 const BLOCK_BYTES = 64 * 1024;
@@ -60,7 +59,7 @@ export async function streamingEnvironment(
     image,
     bitmap,
     clock: machine.clock,
-    ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
+    fetchArena: machine.dmaArena,
     devirtualize: () => machine.devirtualize(),
   });
   engine.start();

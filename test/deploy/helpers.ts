@@ -137,7 +137,7 @@ export function streamingSetup(p: StreamingParams): StreamingSetup {
     readAhead: p.readAhead,
     flushEveryBytes: p.flushEveryBytes,
     maxCachedBytes: p.maxCachedBytes,
-    ...(machine.dmaArena && { fetchArena: machine.dmaArena }),
+    fetchArena: machine.dmaArena,
     devirtualize: () => machine.devirtualize(),
     onEvent: (event) => {
       events.push(event);
