@@ -158,6 +158,12 @@ enum State {
   Guest = 5,
 }
 
+/** A run as fetched: its data, and the blocks (by index in the run) still wrong after every retry. */
+interface FetchedRun {
+  readonly data: Uint8Array;
+  readonly rejected: ReadonlyMap<number, BlockError>;
+}
+
 interface Waiter {
   readonly promise: Promise<void>;
   resolve(): void;
@@ -510,17 +516,27 @@ export class DeploymentEngine {
     const slice = (data: Uint8Array, i: number) =>
       data.subarray(i * this.blockBytes, Math.min(data.length, (i + 1) * this.blockBytes));
     run.then(
-      (data) => {
+      ({ data, rejected }) => {
         this.inFlightFetches--;
         if (!urgent) {
           this.backgroundInFlight--;
           this.adapt(this.o.clock.now() - sentAt);
         }
-        if (era === this.pauses) this.resume();
+        // Only data that checks shows the source is back.
+        if (era === this.pauses && rejected.size < blocks.length) this.resume();
         this.stats.bytesFetched += data.length;
         if (!urgent) this.stats.bytesBackground += data.length;
         for (const [i, b] of blocks.entries()) {
           this.fetching.delete(b);
+          const error = rejected.get(i);
+          if (error !== undefined) {
+            // Never cached: it stays remote and is fetched again after the pause.
+            this.release(data);
+            if (this.state[b] === State.Fetching) this.state[b] = State.Remote;
+            this.landed.get(b)?.reject(error);
+            this.landed.delete(b);
+            continue;
+          }
           if (this.state[b] !== State.Fetching) {
             this.release(data); // the guest wrote it meanwhile
             continue;
@@ -529,6 +545,8 @@ export class DeploymentEngine {
           this.cache.set(b, slice(data, i));
           (this.landed.has(b) ? this.urgentQueue : this.backgroundQueue).push(b);
         }
+        const [firstRejected] = rejected.values();
+        if (firstRejected !== undefined) this.fetchFailed(firstRejected);
         this.kick();
       },
       (error: unknown) => {
@@ -540,51 +558,105 @@ export class DeploymentEngine {
           this.landed.get(b)?.reject(error);
           this.landed.delete(b);
         }
-        if (this.stopped) this.kick();
-        else if (isFatal(error)) this.fail(error);
-        else this.pauseFor(error);
+        this.fetchFailed(error);
       },
     );
     for (const [i, b] of blocks.entries()) {
-      const own = run.then((data) => slice(data, i));
+      const own = run.then(({ data, rejected }) => {
+        const error = rejected.get(i);
+        if (error !== undefined) throw error;
+        return slice(data, i);
+      });
       own.catch(() => {});
       this.fetching.set(b, own);
     }
     return this.fetching.get(first)!;
   }
 
+  /** A fetch of blocks failed past its retries: fatal errors end the deployment, others pause it. */
+  private fetchFailed(error: unknown): void {
+    if (this.stopped) this.kick();
+    else if (isFatal(error)) this.fail(error);
+    else this.pauseFor(error);
+  }
+
+  /**
+   * Reads the run, checks each block, and reads again only the blocks that did not check (the
+   * others are kept), up to `retries` times. Rejects when the run could not be read at all;
+   * blocks still wrong after the last try come back in `rejected`, by index in the run.
+   */
   private async fetchWithRetries(
     first: number,
     lba: number,
     sectors: number,
     pooled: boolean,
-  ): Promise<Uint8Array> {
+  ): Promise<FetchedRun> {
+    let data: Uint8Array | null = null;
+    let wrong: number[] = [];
     let lastError: unknown;
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       try {
-        const data = pooled ? await this.readPooled(lba, sectors) : await this.o.image.read(lba, sectors);
-        if (data.length !== sectors * SECTOR_SIZE)
-          throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
-        try {
-          this.verify(first, data);
-        } catch (error) {
-          this.fetchBuffers.giveBack(data);
-          throw error;
+        if (data === null) {
+          const read = pooled ? await this.readPooled(lba, sectors) : await this.o.image.read(lba, sectors);
+          if (read.length !== sectors * SECTOR_SIZE)
+            throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
+          data = read;
+          wrong = this.mismatches(first, data, this.range(0, Math.ceil(data.length / this.blockBytes) - 1));
+        } else {
+          await this.reread(lba, data, wrong);
+          wrong = this.mismatches(first, data, wrong);
         }
-        return data;
+        if (wrong.length === 0) return { data, rejected: new Map() };
+        lastError = new BlockError(`block ${first + wrong[0]!} does not match the manifest`, "io");
       } catch (error) {
         lastError = error;
         if (isFatal(error) || this.stopped) break;
-        this.stats.fetchRetries++;
-        this.o.onEvent?.({ type: "retry", block: first, attempt: attempt + 1, error: messageOf(error) });
-        await this.o.clock.sleep(Math.min(2000, 50 * 2 ** attempt));
       }
+      if (attempt === this.o.retries) break;
+      this.stats.fetchRetries++;
+      this.o.onEvent?.({ type: "retry", block: first, attempt: attempt + 1, error: messageOf(lastError) });
+      await this.o.clock.sleep(Math.min(2000, 50 * 2 ** attempt));
     }
-    throw new BlockError(
-      `cannot fetch sectors ${lba}..${lba + sectors - 1} of the image: ${messageOf(lastError)}`,
-      lastError instanceof BlockError ? lastError.code : "io",
-      { cause: lastError },
+    if (data === null) {
+      throw new BlockError(
+        `cannot fetch sectors ${lba}..${lba + sectors - 1} of the image: ${messageOf(lastError)}`,
+        lastError instanceof BlockError ? lastError.code : "io",
+        { cause: lastError },
+      );
+    }
+    const rejected = new Map<number, BlockError>();
+    for (const i of wrong) {
+      const at = lba + i * this.sectorsPerBlock;
+      const last = Math.min(lba + sectors, at + this.sectorsPerBlock) - 1;
+      rejected.set(
+        i,
+        new BlockError(`cannot fetch sectors ${at}..${last} of the image: ${messageOf(lastError)}`, "io", {
+          cause: lastError,
+        }),
+      );
+    }
+    return { data, rejected };
+  }
+
+  /** The blocks among `candidates` (indices in the run at `first`) whose data fails the check. */
+  private mismatches(first: number, data: Uint8Array, candidates: readonly number[]): number[] {
+    const check = this.o.verifyBlock;
+    if (!check) return [];
+    return candidates.filter(
+      (i) => !check(first + i, data.subarray(i * this.blockBytes, (i + 1) * this.blockBytes)),
     );
+  }
+
+  /** Reads the blocks `indices` of the run at sector `lba` again, into their place in `data`. */
+  private async reread(lba: number, data: Uint8Array, indices: readonly number[]): Promise<void> {
+    for (const i of indices) {
+      const at = i * this.blockBytes;
+      const bytes = Math.min(this.blockBytes, data.length - at);
+      const fresh = await this.o.image.read(lba + i * this.sectorsPerBlock, bytes / SECTOR_SIZE);
+      if (fresh.length !== bytes)
+        throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
+      data.set(fresh, at);
+    }
   }
 
   /** Reads into a buffer from the pool (a fresh read when the source cannot read into one). */
@@ -602,16 +674,6 @@ export class DeploymentEngine {
   /** One block of a pooled buffer no longer needs it (written locally, or not needed at all). */
   private release(data: Uint8Array | undefined): void {
     if (data !== undefined) this.fetchBuffers.release(data);
-  }
-
-  private verify(first: number, data: Uint8Array): void {
-    const check = this.o.verifyBlock;
-    if (!check) return;
-    for (let i = 0; i * this.blockBytes < data.length; i++) {
-      if (!check(first + i, data.subarray(i * this.blockBytes, (i + 1) * this.blockBytes))) {
-        throw new BlockError(`block ${first + i} does not match the manifest`, "io");
-      }
-    }
   }
 
   private readAhead(from: number): void {
