@@ -1,6 +1,6 @@
 import { type FileHandle, open } from "node:fs/promises";
 import { readFully } from "../block/file.ts";
-import { BlockError, type BlockSource, checkRange, SECTOR_SIZE } from "../block/types.ts";
+import { BlockError, type BlockSource, checkRange, checkTarget, SECTOR_SIZE } from "../block/types.ts";
 import { type Clock, trackIo } from "../vmx/clock.ts";
 import { errorMessage } from "./options.ts";
 
@@ -63,17 +63,23 @@ export class FileSource implements BlockSource {
   }
 
   async read(lba: number, count: number): Promise<Uint8Array> {
+    const buffer = new Uint8Array(count * SECTOR_SIZE);
+    await this.readInto(lba, count, buffer);
+    return buffer;
+  }
+
+  /** Positional reads straight into the caller's buffer (the engine's fetch buffers). */
+  async readInto(lba: number, count: number, target: Uint8Array, offset = 0): Promise<void> {
     if (this.#closing !== undefined) throw new BlockError(`${this.description}: source is closed`, "closed");
     checkRange(this.description, this.sectors, lba, count);
-    const buffer = new Uint8Array(count * SECTOR_SIZE);
-    const work = this.#readFully(buffer, lba * SECTOR_SIZE);
+    const bytes = checkTarget(this.description, count, target, offset);
+    const work = this.#readFully(target.subarray(offset, offset + bytes), lba * SECTOR_SIZE);
     this.#inFlight.add(work);
     try {
       await trackIo(this.#clock, work);
     } finally {
       this.#inFlight.delete(work);
     }
-    return buffer;
   }
 
   /** Waits for reads in flight (so none sees a closed handle), then closes the file. */

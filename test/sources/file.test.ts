@@ -46,6 +46,21 @@ describe("FileSource", () => {
     }
   });
 
+  it("reads into the caller's buffer at an offset, touching nothing around it", async () => {
+    const source = await FileSource.open(path);
+    try {
+      const target = new Uint8Array(10 * 512).fill(0xee);
+      await source.readInto!(100, 8, target, 512);
+      expect(Buffer.from(target.subarray(512, 9 * 512)).equals(image.subarray(100 * 512, 108 * 512))).toBe(true);
+      expect(target.subarray(0, 512).every((b) => b === 0xee)).toBe(true);
+      expect(target.subarray(9 * 512).every((b) => b === 0xee)).toBe(true);
+      await expect(source.readInto!(0, 11, target)).rejects.toMatchObject({ code: "range" });
+      await expect(source.readInto!(2047, 2, target)).rejects.toMatchObject({ code: "range" });
+    } finally {
+      await source.close();
+    }
+  });
+
   it("a missing file is a clear error", async () => {
     const error = await FileSource.open(join(dir, "nope.img")).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(BlockError);
