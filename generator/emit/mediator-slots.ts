@@ -512,8 +512,13 @@ const OWN_BUFFER = (OWN_TABLES + OWN_BATCH * TABLE_STRIDE + 4095) & ~4095;
 const MIN_OWN_BUFFER = 64 * 1024;
 
 interface OwnRun {
-  /** The commands of the run: one, or several writes of disjoint ranges run as queued commands. */
-  readonly batch: readonly PendingOwn[];
+  /**
+   * The commands of the run: one, or writes of disjoint ranges run as queued commands (more join
+   * while it runs, see executeOwn).
+   */
+  readonly batch: PendingOwn[];
+  /** The commands that have their result. */
+  readonly settled: Set<PendingOwn>;
   readonly keep: number;
   /** Device PxIS bits already set when it started: the rest are its own and get cleared. */
   isBefore: number;
@@ -1353,6 +1358,7 @@ ${n.portResets
       hostIsBefore: this.host.deviceRead(${n.H}_BASE + ${n.hostIs}),
       guestCmd: this.host.deviceRead(base + ${n.cmd}),
       aborted: false,
+      settled: new Set(),
     };
     shadow.own = own;
     this.ownRunning = true;
@@ -1362,7 +1368,7 @@ ${n.portResets
   private async runOwn(port: number, own: OwnRun): Promise<void> {
     const shadow = this.ports[port]!;
     const base = this.portBase(port);
-    let results: OwnResult[];
+    let failure: OwnResult = { ok: false, error: "aborted" };
     try {
       shadow.guestLists = this.readLists(port);
       const engineStopped = await this.stopEngine(port);
@@ -1373,10 +1379,9 @@ ${n.portResets
       this.installLists(port, list, fisArea);
       this.receiveOwn(port, own, fisArea);
       this.host.deviceWrite(base + ${n.cmd}, (this.host.deviceRead(base + ${n.cmd}) | ${n.fre} | ${n.st}) >>> 0);
-      results = await this.executeOwn(port, own, list);
+      await this.executeOwn(port, own, list);
     } catch (error) {
-      const failed = { ok: false, error: error instanceof Error ? error.message : String(error) };
-      results = own.batch.map(() => failed);
+      failure = { ok: false, error: error instanceof Error ? error.message : String(error) };
     }
     // Back to the guest's lists and engine state, then the guest's held commands go first.
     try {
@@ -1407,12 +1412,8 @@ ${n.portResets
       }
       this.ownRunning = false;
     }
-    for (const [i, { command, resolve }] of own.batch.entries()) {
-      const result: OwnResult = own.aborted && results[i]!.ok ? { ok: false, error: "aborted" } : results[i]!;
-      this.counters.ownCommands++;
-      if (result.ok) this.counters.ownBytes += command.sectors * SECTOR;
-      resolve(result);
-    }
+    // What did not finish (the port was reset under it, or it failed before it ran) fails.
+    for (const pending of own.batch) this.settleOwn(own, pending, failure);
     this.updateLine();
     this.release(port);
     this.maybeIdle(port);
@@ -1500,65 +1501,138 @@ ${n.portResets
     return address >= area.base && address + data.length <= area.base + area.size ? address : undefined;
   }
 
-  /** Writes the run's commands into the private list and tables, issues them, waits for all. */
-  private async executeOwn(port: number, own: OwnRun, list: number): Promise<OwnResult[]> {
+  /**
+   * Writes the run's commands into the private list and tables, issues them, and settles each as
+   * it completes. A run of writes runs as queued commands, and while the guest has nothing waiting,
+   * the next writes whose data already lies in DMA memory take the slots that free up: the device
+   * is not left idle between batches. The run ends with its last command.
+   */
+  private async executeOwn(port: number, own: OwnRun, list: number): Promise<void> {
     const base = this.portBase(port);
-    const tables = this.host.privateMemory.base + OWN_TABLES;
-    const queued = own.keep === ${n.completeQueuedBit} || own.batch.length > 1;
+    const shadow = this.ports[port]!;
+    const streams = own.keep === 0 && own.batch.every(({ command }) => command.op === "write");
+    const queued = streams || own.keep === ${n.completeQueuedBit};
     let buffer = this.host.privateMemory.base + OWN_BUFFER;
+    const running: (PendingOwn | undefined)[] = [];
     const buffers: number[] = [];
     let mask = 0;
-    for (const [slot, { command }] of own.batch.entries()) {
+    for (const [slot, pending] of own.batch.entries()) {
+      const { command } = pending;
       const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
-      const inPlace = command.op === "write" && command.data ? this.inPlaceAddress(command.data) : undefined;
-      const data = inPlace ?? buffer;
-      const table = tables + slot * TABLE_STRIDE;
-      const name = command.op === "read" ? (queued ? "${n.ownQueuedRead}" : "${n.ownRead}") : command.op === "write" ? (queued ? "${n.ownQueuedWrite}" : "${n.ownWrite}") : "${n.ownFlush}";
-      const fis = ${n.encodeCommand}(name, { lba: command.lba, sectors: command.sectors, tag: slot });
-      const tableBytes = new Uint8Array(${n.tableFixedSize} + ${n.prdSize} * Math.ceil(bytes / (PRD_BYTES)));
-      tableBytes.set(encode${n.fisStruct}(fis), ${n.tableCommandOffset});
-      let entries = 0;
-      for (let at = 0; at < bytes; at += PRD_BYTES, entries++) {
-        const entry = empty${n.prd}();
-        const address = data + at;
-        entry.${pf.dba} = address % 2 ** 32;
-        ${pf.dbau ? `entry.${pf.dbau} = Math.floor(address / 2 ** 32);` : ""}
-        const length = Math.min(PRD_BYTES, bytes - at);
-        entry.${pf.length.member} = (entry.${pf.length.member} & ~${pf.length.mask}) | (((length - ${pf.length.add}) << ${pf.length.shift}) & ${pf.length.mask});
-        encode${n.prd}(entry, tableBytes, ${n.prdtOffset} + entries * ${n.prdSize});
+      if (command.op === "write" && (!command.data || command.data.length !== bytes)) {
+        for (const other of own.batch) this.settleOwn(own, other, { ok: false, error: "write data does not match its sectors" });
+        return;
       }
-      if (command.op === "write") {
-        if (!command.data || command.data.length !== bytes) return own.batch.map(() => ({ ok: false, error: "write data does not match its sectors" }));
-        if (inPlace === undefined) this.host.memory.write(buffer, command.data);
-      }
-      this.host.memory.write(table, tableBytes);
-      const header = empty${n.header}();
-      header.${hf.cfl.member} = (header.${hf.cfl.member} & ~${hf.cfl.mask}) | ((5 << ${hf.cfl.shift}) & ${hf.cfl.mask});
-      if (command.op === "write") header.${hf.write.member} |= ${hf.write.mask};
-      header.${hf.prdtl.member} = (header.${hf.prdtl.member} & ~${hf.prdtl.mask}) | ((entries << ${hf.prdtl.shift}) & ${hf.prdtl.mask});
-      header.${hf.ctba} = table % 2 ** 32;
-      ${hf.ctbau ? `header.${hf.ctbau} = Math.floor(table / 2 ** 32);` : ""}
-      this.host.memory.write(list + ${n.listSlotOffset} + slot * ${n.headerSize}, encode${n.header}(header));
-      buffers.push(data);
+      const inPlace = command.op === "write" ? this.inPlaceAddress(command.data!) : undefined;
+      if (command.op === "write" && inPlace === undefined) this.host.memory.write(buffer, command.data!);
+      buffers[slot] = inPlace ?? buffer;
+      this.prepareOwn(list, slot, command, buffers[slot]!, queued);
+      running[slot] = pending;
       if (inPlace === undefined) buffer += (bytes + 4095) & ~4095;
       mask |= 1 << slot;
     }
     if (queued) this.host.deviceWrite(base + ${n.sact}, mask);
     this.host.deviceWrite(base + ${n.ci}, mask);
-    for (let attempt = 0; ; attempt++) {
-      if (own.aborted) return own.batch.map(() => ({ ok: false, error: "aborted" }));
+    for (let attempt = 0; mask !== 0; attempt++) {
+      if (own.aborted) return;
       const status = this.host.deviceRead(base + ${n.is});
       if ((status & ${n.errorBit}) !== 0 && (own.isBefore & ${n.errorBit}) === 0) {
         const taskFile = this.host.deviceRead(base + ${n.tfd});
-        return own.batch.map(() => ({ ok: false, error: \`device error, task file 0x\${taskFile.toString(16)}\` }));
+        const failed = { ok: false, error: \`device error, task file 0x\${taskFile.toString(16)}\` };
+        for (const pending of running) if (pending !== undefined) this.settleOwn(own, pending, failed);
+        return;
       }
       const outstanding = this.host.deviceRead(base + ${n.ci}) | (queued ? this.host.deviceRead(base + ${n.sact}) : 0);
-      if ((outstanding & mask) === 0) break;
-      await this.deviceEvent(attempt);
+      const done = mask & ~outstanding;
+      if (done === 0) {
+        await this.deviceEvent(attempt);
+        continue;
+      }
+      attempt = -1;
+      mask &= ~done;
+      for (let rest = done; rest !== 0; rest &= rest - 1) {
+        const slot = 31 - Math.clz32(rest & -rest);
+        const pending = running[slot]!;
+        const { command } = pending;
+        running[slot] = undefined;
+        this.settleOwn(own, pending, command.op === "read" ? { ok: true, data: this.host.memory.read(buffers[slot]!, command.sectors * SECTOR) } : { ok: true });
+      }
+      if (!streams) continue;
+      // The status of what completed is seen: cleared, so that it is the device's again to raise.
+      const raised = status & ~own.isBefore;
+      if (raised) this.host.deviceWrite(base + ${n.is}, raised);
+      const joined = this.joinOwn(shadow, own, list, running, buffers);
+      if (joined !== 0) {
+        mask |= joined;
+        this.host.deviceWrite(base + ${n.sact}, joined);
+        this.host.deviceWrite(base + ${n.ci}, joined);
+      }
     }
-    return own.batch.map(({ command }, slot) =>
-      command.op === "read" ? { ok: true, data: this.host.memory.read(buffers[slot]!, command.sectors * SECTOR) } : { ok: true },
-    );
+  }
+
+  /**
+   * Puts the next pending writes into the run's free slots, in order, while each is a write whose
+   * data lies in DMA memory (no buffer to share), overlaps nothing running, and is urgent or finds
+   * the guest with nothing waiting. Returns the slots it filled.
+   */
+  private joinOwn(shadow: PortShadow, own: OwnRun, list: number, running: (PendingOwn | undefined)[], buffers: number[]): number {
+    let joined = 0;
+    for (let slot = 0; slot < OWN_BATCH && shadow.pending.length > 0; slot++) {
+      if (running[slot] !== undefined) continue;
+      const urgentFirst = shadow.pending.findIndex((p) => p.urgent);
+      if (urgentFirst < 0 && this.guestBusy(shadow)) break;
+      const at = urgentFirst < 0 ? 0 : urgentFirst;
+      const next = shadow.pending[at]!;
+      const { command } = next;
+      if (command.op !== "write" || next.keep !== undefined || command.data?.length !== command.sectors * SECTOR) break;
+      const inPlace = this.inPlaceAddress(command.data);
+      if (inPlace === undefined) break;
+      if (running.some((r) => r !== undefined && command.lba < r.command.lba + r.command.sectors && r.command.lba < command.lba + command.sectors)) break;
+      shadow.pending.splice(at, 1);
+      own.batch.push(next);
+      this.prepareOwn(list, slot, command, inPlace, true);
+      buffers[slot] = inPlace;
+      running[slot] = next;
+      joined |= 1 << slot;
+    }
+    return joined;
+  }
+
+  /** Writes the command table and header of one own command into \`slot\` of the private list. */
+  private prepareOwn(list: number, slot: number, command: OwnCommand, data: number, queued: boolean): void {
+    const bytes = command.op === "flush" ? 0 : command.sectors * SECTOR;
+    const table = this.host.privateMemory.base + OWN_TABLES + slot * TABLE_STRIDE;
+    const name = command.op === "read" ? (queued ? "${n.ownQueuedRead}" : "${n.ownRead}") : command.op === "write" ? (queued ? "${n.ownQueuedWrite}" : "${n.ownWrite}") : "${n.ownFlush}";
+    const fis = ${n.encodeCommand}(name, { lba: command.lba, sectors: command.sectors, tag: slot });
+    const tableBytes = new Uint8Array(${n.tableFixedSize} + ${n.prdSize} * Math.ceil(bytes / (PRD_BYTES)));
+    tableBytes.set(encode${n.fisStruct}(fis), ${n.tableCommandOffset});
+    let entries = 0;
+    for (let at = 0; at < bytes; at += PRD_BYTES, entries++) {
+      const entry = empty${n.prd}();
+      const address = data + at;
+      entry.${pf.dba} = address % 2 ** 32;
+      ${pf.dbau ? `entry.${pf.dbau} = Math.floor(address / 2 ** 32);` : ""}
+      const length = Math.min(PRD_BYTES, bytes - at);
+      entry.${pf.length.member} = (entry.${pf.length.member} & ~${pf.length.mask}) | (((length - ${pf.length.add}) << ${pf.length.shift}) & ${pf.length.mask});
+      encode${n.prd}(entry, tableBytes, ${n.prdtOffset} + entries * ${n.prdSize});
+    }
+    this.host.memory.write(table, tableBytes);
+    const header = empty${n.header}();
+    header.${hf.cfl.member} = (header.${hf.cfl.member} & ~${hf.cfl.mask}) | ((5 << ${hf.cfl.shift}) & ${hf.cfl.mask});
+    if (command.op === "write") header.${hf.write.member} |= ${hf.write.mask};
+    header.${hf.prdtl.member} = (header.${hf.prdtl.member} & ~${hf.prdtl.mask}) | ((entries << ${hf.prdtl.shift}) & ${hf.prdtl.mask});
+    header.${hf.ctba} = table % 2 ** 32;
+    ${hf.ctbau ? `header.${hf.ctbau} = Math.floor(table / 2 ** 32);` : ""}
+    this.host.memory.write(list + ${n.listSlotOffset} + slot * ${n.headerSize}, encode${n.header}(header));
+  }
+
+  /** Gives an own command its result, once. */
+  private settleOwn(own: OwnRun, pending: PendingOwn, result: OwnResult): void {
+    if (own.settled.has(pending)) return;
+    own.settled.add(pending);
+    this.counters.ownCommands++;
+    if (result.ok) this.counters.ownBytes += pending.command.sectors * SECTOR;
+    pending.resolve(result);
   }
 
   /**

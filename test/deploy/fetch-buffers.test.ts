@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { PORT_BASE, PORT_CLB } from "../../generated/ahci/registers.ts";
 import { SparseBackend } from "../../runtime/block/sparse.ts";
 import { FetchBuffers } from "../../runtime/deploy/fetch-buffers.ts";
 import { AhciGuestDriver } from "../../runtime/guest/driver.ts";
@@ -80,13 +81,30 @@ describe("own writes from the VMM's DMA memory", () => {
       ramMiB: 4,
       dmaBytes: 1024 * KiB,
     });
-    await AhciGuestDriver.open(machine);
+    const driver = await AhciGuestDriver.open(machine);
     const memory = machine.memory as GuestMemory;
     expect(memory).toBeInstanceOf(GuestMemory);
     const privateEnd = memory.vmmRegion!.base + DEFAULT_VMM_BYTES;
     const ownBuffer = memory.liveView(privateEnd - machine.mediator!.bufferBytes(), 64 * KiB);
     ownBuffer.fill(0x5a);
-    return { disk, machine, arena: machine.dmaArena!, ownBuffer };
+    return { disk, machine, driver, arena: machine.dmaArena!, ownBuffer };
+  }
+
+  /** A write of `sectors` sectors at `lba` whose data lies in the arena at `offset`, filled with `fill`. */
+  function arenaWrite(arena: Uint8Array, offset: number, lba: number, sectors: number, fill: number) {
+    const data = arena.subarray(offset, offset + sectors * 512).fill(fill);
+    return { op: "write" as const, lba, sectors, data };
+  }
+
+  /** Counts the mediator's writes of port 0's command list base: two per own run (its list in, the guest's back). */
+  function countListSwaps(machine: Machine): () => number {
+    let swaps = 0;
+    const write = machine.controller.write.bind(machine.controller);
+    machine.controller.write = (offset: number, size: number, value: number) => {
+      if (offset === PORT_BASE + PORT_CLB) swaps++;
+      return write(offset, size, value);
+    };
+    return () => swaps;
   }
 
   const untouched = (view: Uint8Array) => view.every((b) => b === 0x5a);
@@ -119,5 +137,42 @@ describe("own writes from the VMM's DMA memory", () => {
     });
     expect(await disk.read(200, 1)).toEqual(odd.slice());
     expect(untouched(ownBuffer)).toBe(false);
+  });
+
+  it("issued while a run of them is on the device, join it: the port is switched to the mediator's list once", async () => {
+    const { disk, machine, arena } = await rig();
+    const swaps = countListSwaps(machine);
+    const mediator = machine.mediator!;
+    const later: Promise<unknown>[] = [];
+    const first = mediator.issueOwn(0, arenaWrite(arena, 0, 0, 64, 0x31));
+    const second = mediator.issueOwn(0, arenaWrite(arena, 32 * KiB, 64, 64, 0x32));
+    // Issued once the first is done, while the second still runs.
+    void first.then(() => {
+      later.push(mediator.issueOwn(0, arenaWrite(arena, 64 * KiB, 128, 64, 0x33)));
+      later.push(mediator.issueOwn(0, arenaWrite(arena, 96 * KiB, 192, 64, 0x34)));
+    });
+    expect(await Promise.all([first, second])).toEqual([{ ok: true }, { ok: true }]);
+    expect(await Promise.all(later)).toEqual([{ ok: true }, { ok: true }]);
+    for (const [i, fill] of [0x31, 0x32, 0x33, 0x34].entries()) {
+      expect((await disk.read(i * 64, 64)).every((b) => b === fill)).toBe(true);
+    }
+    expect(swaps()).toBe(2);
+  });
+
+  it("do not join a run while a guest command waits: the guest's command goes first", async () => {
+    const { machine, driver, arena } = await rig();
+    const mediator = machine.mediator!;
+    const order: string[] = [];
+    let third: Promise<unknown> = Promise.resolve();
+    const first = mediator.issueOwn(0, arenaWrite(arena, 0, 0, 64, 0x41));
+    const second = mediator.issueOwn(0, arenaWrite(arena, 32 * KiB, 64, 64, 0x42));
+    // The guest's read arrives while the run is on the device: it is held until the run ends.
+    const guest = driver.read(1000, 8).then(() => order.push("guest"));
+    void first.then(() => {
+      third = mediator.issueOwn(0, arenaWrite(arena, 64 * KiB, 128, 64, 0x43)).then(() => order.push("own"));
+    });
+    await Promise.all([first, second, guest]);
+    await third;
+    expect(order).toEqual(["guest", "own"]);
   });
 });
