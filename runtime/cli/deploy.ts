@@ -25,8 +25,8 @@ export const USAGE = `usage: medic deploy --image SRC --disk FILE [--workload bo
   --background-mbps N: the background copy's rate limit, leaving the rest of the link to the guest's
   reads of blocks not yet local; --full-rate-when-idle MS lifts it while the guest has issued nothing
   for MS milliseconds (until its next command).
-  --flush-every-mib N: fetched data is flushed and recorded in the bitmap every N MiB (default 64) and at
-  least every second: what a killed run may have to fetch again. --retries N: attempts per fetch before the deployment pauses
+  --flush-every-mib N: fetched data is flushed and recorded in the bitmap at least every second and
+  every N MiB (default 1024): what a killed run may have to fetch again. --retries N: attempts per fetch before the deployment pauses
   (default 5; the guest's read of a missing block then fails as a disk read error, and the copy tries
   again later). --give-up-after S: a deployment paused that long after the guest's workload ended
   exits 1; run it again to resume (default 60). --allow-larger-disk: a local disk larger than the

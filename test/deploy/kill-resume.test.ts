@@ -19,7 +19,8 @@ import { runMedic, startMedic } from "../medic-cli.ts";
 const MiB = 1024 * 1024;
 /**
  * The engine makes blocks durable (flush, then bitmap) every 64 MiB of local writes while the copy
- * streams (the default of --flush-every-mib), so the image spans four such windows.
+ * streams (--flush-every-mib 64; and at least every second, ~48 MiB at this link's 400 Mbit/s), so
+ * the image spans four or more such windows.
  */
 const IMAGE_BYTES = 256 * MiB;
 const FLUSH_WINDOW = 64 * MiB;
@@ -191,6 +192,8 @@ describe("medic deploy killed and resumed", () => {
       "none",
       "--link-mbps",
       "400",
+      "--flush-every-mib",
+      String(FLUSH_WINDOW / MiB),
     ];
     const random = mulberry32(SEED);
     const log: string[] = [`seed ${SEED}`];
