@@ -16,9 +16,13 @@ describe("fetch benchmark (medic against nbdcopy and qemu-img, from nbdkit)", ()
       reps: 1,
       sweep: [FETCH_DEFAULTS, { ...FETCH_DEFAULTS, block_bytes: 1024 * 1024, fetch_blocks: 1 }],
       sweepReps: 1,
+      warmUpBytes: 40 * 1024 * 1024,
       log: (line) => lines.push(line),
     });
     expect(r.image_bytes).toBe(16 * 1024 * 1024);
+    expect(r.warm_ups).toBe(3); // 40 MiB of 16 MiB deployments
+    expect(r.medic_first_mb_s).toBeGreaterThan(0);
+    expect(lines.join("\n")).toMatch(/warm-up deployments: \d+, \d+, \d+ MB\/s/);
     for (const rate of [r.medic_mb_s, r.nbdcopy_mb_s, r.qemu_img_mb_s]) {
       expect(Number.isFinite(rate)).toBe(true);
       expect(rate).toBeGreaterThan(0);
