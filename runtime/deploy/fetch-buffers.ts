@@ -48,11 +48,11 @@ export class FetchBuffers {
     const users = this.#users.get(key);
     if (users === undefined) return;
     if (users > 1) this.#users.set(key, users - 1);
-    else this.giveBack(view);
+    else this.#giveBack(view);
   }
 
-  /** The buffer `view` lies in is free again, whatever still held it. */
-  giveBack(view: Uint8Array): void {
+  /** The buffer `view` lies in is free again. */
+  #giveBack(view: Uint8Array): void {
     const key = this.#key(view);
     if (!this.#users.delete(key) || this.#closed) return;
     this.#free.push(
