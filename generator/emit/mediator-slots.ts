@@ -1328,13 +1328,21 @@ ${n.portResets
     return this.host.privateMemory.base + port * PORT_AREA;
   }
 
+  /**
+   * Which pending own command goes next: the first urgent one, else the first, which as background
+   * work waits while the guest has anything going on (urgent ones only for the device). -1: none.
+   */
+  private nextOwn(shadow: PortShadow): number {
+    const urgent = shadow.pending.findIndex((p) => p.urgent);
+    if (urgent >= 0) return urgent;
+    return shadow.pending.length > 0 && !this.guestBusy(shadow) ? 0 : -1;
+  }
+
   private startOwn(port: number): void {
     const shadow = this.ports[port]!;
-    if (this.ownRunning || shadow.own !== null || shadow.onDevice !== 0 || shadow.pending.length === 0) return;
-    const urgentFirst = shadow.pending.findIndex((p) => p.urgent);
-    // Background commands wait while the guest has anything going on; urgent ones only for the device.
-    if (urgentFirst < 0 && this.guestBusy(shadow)) return;
-    const at = urgentFirst < 0 ? 0 : urgentFirst;
+    if (this.ownRunning || shadow.own !== null || shadow.onDevice !== 0) return;
+    const at = this.nextOwn(shadow);
+    if (at < 0) return;
     const batch = [shadow.pending[at]!];
     if (batch[0]!.command.op === "write" && batch[0]!.keep === undefined) {
       // The writes queued right behind it go along, side by side, while they fit and do not
@@ -1344,7 +1352,7 @@ ${n.portResets
         const { command, keep } = shadow.pending[i]!;
         if (command.op !== "write" || keep !== undefined) break;
         if (bytes + command.sectors * SECTOR > this.bufferBytes()) break;
-        if (batch.some((b) => command.lba < b.command.lba + b.command.sectors && b.command.lba < command.lba + command.sectors)) break;
+        if (batch.some((b) => overlaps(command, b.command))) break;
         bytes += command.sectors * SECTOR;
         batch.push(shadow.pending[i]!);
       }
@@ -1579,15 +1587,14 @@ ${n.portResets
     let joined = 0;
     for (let slot = 0; slot < OWN_BATCH && shadow.pending.length > 0; slot++) {
       if (running[slot] !== undefined) continue;
-      const urgentFirst = shadow.pending.findIndex((p) => p.urgent);
-      if (urgentFirst < 0 && this.guestBusy(shadow)) break;
-      const at = urgentFirst < 0 ? 0 : urgentFirst;
+      const at = this.nextOwn(shadow);
+      if (at < 0) break;
       const next = shadow.pending[at]!;
       const { command } = next;
       if (command.op !== "write" || next.keep !== undefined || command.data?.length !== command.sectors * SECTOR) break;
       const inPlace = this.inPlaceAddress(command.data);
       if (inPlace === undefined) break;
-      if (running.some((r) => r !== undefined && command.lba < r.command.lba + r.command.sectors && r.command.lba < command.lba + command.sectors)) break;
+      if (running.some((r) => r !== undefined && overlaps(command, r.command))) break;
       shadow.pending.splice(at, 1);
       own.batch.push(next);
       this.prepareOwn(list, slot, command, inPlace, true);
@@ -1707,6 +1714,11 @@ ${n.portResets
       }
     }
   }
+}
+
+/** Own commands whose sector ranges overlap: the device may finish side-by-side ones in any order. */
+function overlaps(a: OwnCommand, b: OwnCommand): boolean {
+  return a.lba < b.lba + b.sectors && b.lba < a.lba + a.sectors;
 }
 
 function completionError(error: unknown): CompletionError {

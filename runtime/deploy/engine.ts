@@ -601,10 +601,10 @@ export class DeploymentEngine {
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       try {
         if (data === null) {
-          const read = pooled ? await this.readPooled(lba, sectors) : await this.o.image.read(lba, sectors);
-          if (read.length !== sectors * SECTOR_SIZE)
-            throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
-          data = read;
+          data = this.whole(
+            pooled ? await this.readPooled(lba, sectors) : await this.o.image.read(lba, sectors),
+            sectors,
+          );
           wrong = this.mismatches(first, data, this.range(0, Math.ceil(data.length / this.blockBytes) - 1));
         } else {
           await this.reread(lba, data, wrong);
@@ -651,15 +651,20 @@ export class DeploymentEngine {
     );
   }
 
+  /** `data` as read from the image, if it holds all `sectors` sectors. */
+  private whole(data: Uint8Array, sectors: number): Uint8Array {
+    if (data.length !== sectors * SECTOR_SIZE)
+      throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
+    return data;
+  }
+
   /** Reads the blocks `indices` of the run at sector `lba` again, into their place in `data`. */
   private async reread(lba: number, data: Uint8Array, indices: readonly number[]): Promise<void> {
     for (const i of indices) {
       const at = i * this.blockBytes;
-      const bytes = Math.min(this.blockBytes, data.length - at);
-      const fresh = await this.o.image.read(lba + i * this.sectorsPerBlock, bytes / SECTOR_SIZE);
-      if (fresh.length !== bytes)
-        throw new BlockError(`short read from ${this.o.image.description}`, "short-read");
-      data.set(fresh, at);
+      const sectors = Math.min(this.blockBytes, data.length - at) / SECTOR_SIZE;
+      const fresh = await this.o.image.read(lba + i * this.sectorsPerBlock, sectors);
+      data.set(this.whole(fresh, sectors), at);
     }
   }
 
